@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: all envs test test-unit test-blender demo fixture bench clean extension
+.PHONY: all envs test demo fixture bench clean distclean
 
 all: envs
 
@@ -45,3 +45,36 @@ $(VENV_BPY45)/.ok: requirements-blender.txt
 	test -x $(VENV_BPY45)/bin/python || $(PYTHON) -m venv $(VENV_BPY45)
 	$(VENV_BPY45)/bin/pip install -q "bpy==4.5.*" -r requirements-blender.txt
 	touch $@
+
+# Unit tests in the backend environment; Blender and end-to-end tests on both Blender versions.
+# The bpy environments hold no torch: the e2e tests spawn the backend environment's Python.
+PYTEST_FLAGS ?= -q -p no:cacheprovider
+test: envs
+	$(VENV_BACKEND)/bin/python -m pytest $(PYTEST_FLAGS) tests/unit
+	$(VENV_BPY50)/bin/python -m pytest $(PYTEST_FLAGS) tests/blender tests/e2e
+	$(VENV_BPY45)/bin/python -m pytest $(PYTEST_FLAGS) tests/blender tests/e2e
+
+# The real pipeline, headless: Blender (bpy 5.0) + the backend subprocess.
+# Uses IRG_MODEL_DIR when set, else a tiny untrained fixture model built once.
+demo: envs
+	@if [ -n "$$IRG_MODEL_DIR" ]; then model="$$IRG_MODEL_DIR"; else \
+	  model="$(FIXTURE_DIR)"; \
+	  test -f "$$model/manifest.json" || $(VENV_BACKEND)/bin/python -m model_backend make-fixture "$$model" --seed 0; \
+	fi; \
+	$(VENV_BPY50)/bin/python tools/demo.py --prompt "$(PROMPT)" --model "$$model" \
+	  --backend-python "$(CURDIR)/$(VENV_BACKEND)/bin/python" --out out/demo.blend
+
+fixture: $(VENV_BACKEND)/.ok
+	$(VENV_BACKEND)/bin/python -m model_backend make-fixture $(FIXTURE_DIR) --seed 0
+
+bench: envs
+	$(VENV_BACKEND)/bin/python benchmarks/engine.py
+	$(VENV_BACKEND)/bin/python benchmarks/rig_core.py
+	$(VENV_BPY50)/bin/python benchmarks/rig.py
+	$(VENV_BPY50)/bin/python benchmarks/pump.py
+
+clean:
+	rm -rf out .pytest_cache
+
+distclean: clean
+	rm -rf $(VENV_BACKEND) $(VENV_BPY50) $(VENV_BPY45)
