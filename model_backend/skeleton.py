@@ -61,7 +61,8 @@ HUMANML3D = Skeleton(
 
 # KIT-ML as HumanML3D's processing scripts define it. Their labels are not
 # consistent (the chain 11..15 is called the right hip in the facing indices and
-# the left foot in the contact indices); the indices below are theirs, verbatim.
+# the left foot in the contact indices); the indices below are theirs, verbatim:
+# contacts are written left first with fid_l = [19, 20].
 KIT_ML = Skeleton(
     name="KIT-ML",
     joint_names=(
@@ -74,7 +75,7 @@ KIT_ML = Skeleton(
     fps=12.5,
     feature_size=251,
     metres_per_unit=0.001,
-    foot_joints=(14, 15, 19, 20),
+    foot_joints=(19, 20, 14, 15),
     face_joints=(11, 16, 5, 8),
 )
 
