@@ -21,8 +21,8 @@ REQUEST_TYPES = (
     "critique", "refine", "caption", "encode", "decode",
 )
 EVENT_TYPES = (
-    "ready", "ack", "text", "motion_tokens", "preview", "motion", "assessment",
-    "caption", "encoded", "decoded", "done", "error", "pong", "log", "bye",
+    "ready", "info", "ack", "text", "motion_tokens", "preview", "motion", "assessment",
+    "caption", "encoded", "done", "error", "pong", "bye",
 )
 
 
