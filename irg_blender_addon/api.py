@@ -1,0 +1,100 @@
+"""Scripting API for Blender scripts (also headless: `blender -b -P script.py`).
+
+    from irg_blender_addon import api      # as an extension: from bl_ext.<repo>.irg_motion.irg_blender_addon import api
+    versions = api.generate("a person jumps twice", model_dir="/models/irg", backend_python="/envs/irg/bin/python")
+    api.apply_motion("Armature", joints_hml3d)   # (T, 22, 3) metres, Y up, facing +Z
+
+Settings not given here come from the add-on preferences, then from the
+environment (IRG_BACKEND_PYTHON, IRG_MODEL_DIR).
+"""
+from __future__ import annotations
+
+import time
+
+import bpy
+import numpy as np
+
+from . import actions, rig
+from .core import skeleton
+from .jobs import manager
+from .operators import start_generation
+
+# api keyword -> Settings field
+OPTION_NAMES = {"model_dir": "model_dir", "backend_python": "backend_python", "device": "device",
+                "precision": "precision", "mode": "mode", "rounds": "max_rounds",
+                "max_motion_tokens": "max_motion_tokens", "max_trace_tokens": "max_trace_tokens",
+                "temperature": "temperature", "top_p": "top_p",
+                "seed": "seed"}
+
+
+class GenerationError(RuntimeError):
+    """A generation that ended without a motion; the message names the problem and the fix."""
+
+
+def _armature(armature, *, create: bool) -> bpy.types.Object | None:
+    """An armature Object from an Object, a name or None (the target armature, or a new default rig)."""
+    if isinstance(armature, str):
+        obj = bpy.data.objects.get(armature)
+        if obj is None or obj.type != "ARMATURE":
+            raise ValueError(f"no armature object named {armature!r} in this file")
+        return obj
+    if armature is not None:
+        if getattr(armature, "type", None) != "ARMATURE":
+            raise ValueError(f"{armature!r} is not an armature object")
+        return armature
+    found = rig.find_target_armature(bpy.context)
+    if found is None and create:
+        found = rig.ensure_armature(bpy.context)
+    return found
+
+
+def generate(prompt: str, armature=None, *, timeout: float = 600.0, **options) -> list[bpy.types.Action]:
+    """Generate motion for a prompt and key it on the armature; blocks until done.
+
+    Returns the new versions (one Action per completed round). options: model_dir,
+    backend_python, device, precision, mode ('interleaved'|'direct'), rounds,
+    max_motion_tokens, max_trace_tokens, temperature, top_p, seed. armature: an Object, a name, or None
+    (the target armature, else a default rig created when the first motion arrives).
+    Raises ValueError (bad input), client.BackendError (backend or model missing),
+    GenerationError (the backend failed or gave no motion) or TimeoutError."""
+    unknown = set(options) - set(OPTION_NAMES)
+    if unknown:
+        raise TypeError(f"unknown option(s) {', '.join(sorted(unknown))}; known: {', '.join(OPTION_NAMES)}")
+    target = _armature(armature, create=False)
+    overrides = {OPTION_NAMES[k]: v for k, v in options.items()}
+    job = start_generation(bpy.context, prompt, target, **overrides)
+    deadline = time.monotonic() + timeout
+    while job.pump():
+        if time.monotonic() > deadline:
+            job.cancel()
+            job.cancel()  # the second call stops the backend at once
+            raise TimeoutError(f"generation did not finish within {timeout:.0f} s; "
+                               f"kept {len(job.action_names)} version(s). Raise timeout= for the real model on CPU.")
+        time.sleep(0.01)
+    if job.state == "error":
+        raise GenerationError(job.error)
+    return [bpy.data.actions[name] for name in job.action_names if name in bpy.data.actions]
+
+
+def apply_motion(armature, joints, fps: float = 20.0, *, prompt: str = "applied motion", **options) -> bpy.types.Action:
+    """Key joint positions (T, 22, 3; HumanML3D axes: metres, Y up, facing +Z) as a new version.
+
+    options go to actions.write_version (round, tokens, assessment, refinement, model, seed, parent, extra)."""
+    points = np.asarray(joints, dtype=np.float32)
+    if points.ndim != 3 or points.shape[1:] != (22, 3) or points.shape[0] < 1:
+        raise ValueError(f"joints must have shape (T, 22, 3), got {points.shape}")
+    if not np.isfinite(points).all():
+        raise ValueError("joints contain NaN or infinite values")
+    if not fps > 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    if manager.busy():
+        raise RuntimeError("A generation is running: wait for it or cancel it first.")
+    target = _armature(armature, create=True)
+    return actions.write_version(target, skeleton.to_blender(points), fps=float(fps), prompt=prompt,
+                                 source="apply", **options)
+
+
+def versions(armature=None) -> list[bpy.types.Action]:
+    """The armature's versions, oldest first ([] when there is no armature)."""
+    target = _armature(armature, create=False)
+    return actions.versions(target) if target is not None else []

@@ -1,0 +1,234 @@
+"""Registration, preferences and the extension package (manifest, build paths, no torch)."""
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+import textwrap
+import tomllib
+import zipfile
+from pathlib import Path
+
+import bpy
+import pytest
+
+import irg_blender_addon
+from irg_blender_addon import prefs
+
+ROOT = Path(__file__).resolve().parents[2]
+MANIFEST = ROOT / "blender_manifest.toml"
+HEAVY = ("torch", "transformers", "bitsandbytes", "accelerate", "safetensors")
+
+
+def irg_types() -> list[str]:
+    return sorted(n for n in dir(bpy.types) if n.startswith("IRG_"))
+
+
+@pytest.fixture()
+def registered():
+    irg_blender_addon.register()
+    yield
+    irg_blender_addon.unregister()
+
+
+def addon_classes() -> list[type]:
+    from irg_blender_addon import operators, props, ui
+    return [*prefs.CLASSES, *props.CLASSES, *operators.CLASSES, *ui.CLASSES]
+
+
+def test_register_unregister_leaves_nothing_behind():
+    bpy.ops.wm.read_homefile(use_empty=True)
+    assert irg_types() == []
+    classes = addon_classes()
+    assert {c.__name__ for c in classes} >= {"IRG_OT_generate", "IRG_OT_cancel", "IRG_PT_generate",
+                                            "IRG_PG_scene", "IRG_PG_runtime", "IRG_AddonPreferences"}
+    for _ in range(2):  # register again after unregister works
+        irg_blender_addon.register()
+        try:
+            assert all(c.is_registered for c in classes)
+            assert {"IRG_OT_generate", "IRG_OT_cancel", "IRG_PT_generate", "IRG_PT_versions"} <= set(irg_types())
+            assert hasattr(bpy.ops.irg, "generate")
+            bpy.context.scene.irg_motion.prompt = "a person walks"
+            assert bpy.context.window_manager.irg_motion.status == ""
+        finally:
+            irg_blender_addon.unregister()
+        assert irg_types() == []
+        assert not any(c.is_registered for c in classes)
+        assert not hasattr(bpy.types.Scene, "irg_motion")
+        assert not hasattr(bpy.types.WindowManager, "irg_motion")
+
+
+def test_tests_import_the_addon_as_a_top_level_package():
+    assert prefs.ADDON_ID == "irg_blender_addon"
+    assert prefs.IRG_AddonPreferences.bl_idname == "irg_blender_addon"
+    # pytest imports the repository root's __init__.py (the extension's) as a package; it must
+    # not pull in a second copy of the add-on (its classes would clash with these).
+    copies = [name for name in sys.modules if name.endswith(".irg_blender_addon") or ".irg_blender_addon." in name]
+    assert copies == [], f"a second copy of the add-on was imported: {copies}"
+
+
+def test_settings_precedence_keyword_over_prefs_over_environment(registered, monkeypatch, tmp_path):
+    monkeypatch.setenv("IRG_BACKEND_PYTHON", "/env/python")
+    monkeypatch.setenv("IRG_MODEL_DIR", "/env/model")
+    s = prefs.get_settings()  # add-on registered but not enabled: no preferences -> environment
+    assert (s.backend_python, s.model_dir, s.mode, s.max_motion_tokens, s.seed) == \
+        ("/env/python", "/env/model", "interleaved", 49, None)
+    addons = bpy.context.preferences.addons
+    entry = addons.new()
+    entry.module = prefs.ADDON_ID
+    try:
+        p = prefs.addon_preferences()
+        assert p is not None
+        p.model_dir = str(tmp_path)
+        p.max_motion_tokens, p.seed, p.mode = 8, 7, "direct"
+        s = prefs.get_settings()
+        assert s.backend_python == "/env/python"  # preference empty -> environment
+        assert s.model_dir == str(tmp_path)  # preference wins over the environment
+        assert (s.max_motion_tokens, s.seed, s.mode) == (8, 7, "direct")
+        s = prefs.get_settings(model_dir="/kw/model", seed=None, max_motion_tokens=4)
+        assert (s.model_dir, s.seed, s.max_motion_tokens) == ("/kw/model", None, 4)
+        req = s.generate_request("a jump")
+        assert req["type"] == "generate" and req["mode"] == "direct" and req["max_motion_tokens"] == 4
+    finally:
+        addons.remove(entry)
+    with pytest.raises(ValueError, match="unknown setting"):
+        prefs.get_settings(nonsense=1)
+    with pytest.raises(ValueError, match="max_motion_tokens must be 2..50"):
+        prefs.get_settings(max_motion_tokens=51)
+    with pytest.raises(ValueError, match="mode must be one of interleaved, direct"):
+        prefs.get_settings(mode="fast")
+
+
+def test_importing_the_addon_imports_no_torch():
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(ROOT)!r})
+        import irg_blender_addon
+        from irg_blender_addon import api, client, jobs, operators, ui, prefs, props, core
+        irg_blender_addon.register()
+        irg_blender_addon.unregister()
+        heavy = [m for m in {HEAVY!r} if m in sys.modules]
+        assert not heavy, heavy
+        print("ok", len(sys.modules))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("ok")
+
+
+def test_client_module_needs_no_bpy():
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import irg_blender_addon.client; "
+            "assert 'bpy' not in sys.modules, 'client imported bpy'")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+
+
+# -- the extension package ------------------------------------------------------------------
+
+def manifest() -> dict:
+    return tomllib.loads(MANIFEST.read_text(encoding="utf-8"))
+
+
+def test_manifest_fields():
+    m = manifest()
+    assert m["schema_version"] == "1.0.0" and m["id"] == "irg_motion" and m["name"] == "IRG Motion"
+    assert m["type"] == "add-on" and m["blender_version_min"] == "4.5.0"
+    assert m["license"] == ["SPDX:GPL-3.0-or-later"] and m["tags"] == ["Animation"]
+    assert len(m["tagline"]) < 64 and m["tagline"][-1].isalnum()
+    assert set(m["permissions"]) == {"files"}  # a local subprocess over pipes needs no network
+
+
+def test_build_paths_list_every_shipped_file_and_nothing_else():
+    paths = manifest()["build"]["paths"]
+    missing = [p for p in paths if not (ROOT / p).is_file()]
+    assert missing == [], f"listed in [build] paths but absent: {missing}"
+    addon = sorted(f"irg_blender_addon/{p.name}" for p in (ROOT / "irg_blender_addon").glob("*.py"))
+    presets = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "presets").rglob("*")
+                     if p.is_file() and "__pycache__" not in p.parts and not p.name.startswith("."))
+    listed = set(paths)
+    assert [p for p in addon + presets if p not in listed] == [], "files the package would lack"
+    assert "__init__.py" in listed
+    assert all(p.startswith(("irg_blender_addon/", "model_backend/", "presets/")) or p == "__init__.py"
+               for p in paths)
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Top-level names of absolute imports, and '.name' for relative ones."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                names |= {"." + (node.module or a.name).split(".")[0] for a in node.names}
+            else:
+                names.add(node.module.split(".")[0])
+    return names
+
+
+def test_shipped_backend_modules_import_no_torch_and_only_shipped_siblings():
+    paths = [p for p in manifest()["build"]["paths"] if p.startswith("model_backend/")]
+    shipped = {Path(p).stem for p in paths}
+    assert {"__init__", "skeleton", "protocol"} <= shipped
+    for p in paths:
+        names = imported_modules(ROOT / p)
+        assert not names & set(HEAVY), f"{p} imports {names & set(HEAVY)}"
+        siblings = {n[1:] for n in names if n.startswith(".")}
+        assert siblings <= shipped, f"{p} imports {siblings - shipped}, which the package does not ship"
+    # And they really import in this environment, which has no torch.
+    mods = ", ".join(f"model_backend.{Path(p).stem}" for p in paths if not p.endswith("__init__.py"))
+    code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); import {mods}; assert 'torch' not in sys.modules"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+
+
+def blender_ext() -> Path:
+    path = Path(bpy.utils.system_resource("SCRIPTS")) / "addons_core" / "bl_pkg" / "cli" / "blender_ext.py"
+    if not path.is_file():
+        pytest.skip(f"Blender's extension tool is not at {path}")
+    return path
+
+
+def test_blender_validates_and_builds_the_package(tmp_path):
+    tool = blender_ext()
+    out = subprocess.run([sys.executable, str(tool), "validate", str(ROOT)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0 and "FATAL" not in out.stdout + out.stderr, out.stdout + out.stderr
+    zip_path = tmp_path / "irg_motion.zip"
+    out = subprocess.run([sys.executable, str(tool), "build", "--source-dir", str(ROOT),
+                          "--output-filepath", str(zip_path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and zip_path.is_file(), out.stdout + out.stderr
+    names = set(zipfile.ZipFile(zip_path).namelist())
+    assert names == set(manifest()["build"]["paths"]) | {"blender_manifest.toml"}
+    assert not any("test" in n.split("/")[0] or n.endswith(".pyc") for n in names)
+
+
+def test_installed_extension_registers_under_its_extension_name(tmp_path):
+    """Install the built zip as a real extension in a fresh Blender and enable it."""
+    tool = blender_ext()
+    zip_path = tmp_path / "irg_motion.zip"
+    subprocess.run([sys.executable, str(tool), "build", "--source-dir", str(ROOT),
+                    "--output-filepath", str(zip_path)], check=True, capture_output=True, timeout=120)
+    code = textwrap.dedent(f"""
+        import sys, bpy, addon_utils
+        bpy.ops.extensions.package_install_files(filepath={str(zip_path)!r}, repo="user_default",
+                                                 enable_on_install=True)
+        name = "bl_ext.user_default.irg_motion"
+        assert name in bpy.context.preferences.addons, list(bpy.context.preferences.addons.keys())
+        mod = sys.modules[name + ".irg_blender_addon.prefs"]
+        assert mod.ADDON_ID == name, mod.ADDON_ID
+        assert bpy.context.preferences.addons[name].preferences is not None
+        assert hasattr(bpy.types.Scene, "irg_motion")
+        core = sys.modules[name + ".irg_blender_addon.core"]
+        assert core.skeleton.__name__ == name + ".model_backend.skeleton"  # the packaged copy, not a checkout
+        assert "torch" not in sys.modules
+        addon_utils.disable(name)
+        assert not hasattr(bpy.types.Scene, "irg_motion")
+        print("ok")
+    """)
+    env = dict(os.environ, BLENDER_USER_RESOURCES=str(tmp_path / "user"))
+    # Run outside the repository so the checkout's own packages are not importable.
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, env=env,
+                         cwd=tmp_path)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stdout[-3000:] + out.stderr[-3000:]
