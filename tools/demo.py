@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     import bpy
 
     import irg_blender_addon
-    from irg_blender_addon import api
+    from irg_blender_addon import actions, api
 
     model_dir = Path(args.model).resolve()
     manifest = json.loads((model_dir / "manifest.json").read_text())
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     irg_blender_addon.register()
     try:
         start = time.perf_counter()
-        actions = api.generate(args.prompt, model_dir=str(model_dir), backend_python=args.backend_python,
+        new = api.generate(args.prompt, model_dir=str(model_dir), backend_python=args.backend_python,
                                mode=args.mode, seed=args.seed)
         elapsed = time.perf_counter() - start
         out = (ROOT / args.out) if not Path(args.out).is_absolute() else Path(args.out)
@@ -58,13 +58,15 @@ def main(argv: list[str] | None = None) -> int:
         tmp = out.with_suffix(".tmp.blend")
         bpy.ops.wm.save_as_mainfile(filepath=str(tmp), check_existing=False, copy=True)
         os.replace(tmp, out)
-        arm = actions[0].get("irg", {}).get("armature") if actions else None
-        print(f"Generated {len(actions)} version(s) in {elapsed:.1f} s for {args.prompt!r}:")
-        for action in api.versions(bpy.data.objects[arm]) if arm in bpy.data.objects else actions:
-            info = api.version_info(action)
+        arm = next((o for o in bpy.data.objects if o.type == "ARMATURE" and o.animation_data
+                    and o.animation_data.action in new), None)
+        print(f"Generated {len(new)} version(s) in {elapsed:.1f} s for {args.prompt!r}:")
+        for action in api.versions(arm) if arm else new:
+            info = actions.version_info(action)
             print(f"  {action.name}: round {info.get('round')}, {int(action.frame_range[1] - action.frame_range[0]) + 1} frames, "
                   f"{len(info.get('tokens', []))} tokens, source {info.get('source')}")
-        print(f"Saved {out} (armature {arm!r}; versions are its Actions, the newest is active).")
+        print(f"Saved {out}: armature {arm.name if arm else None!r}; each version is an Action "
+              "(fake user, metadata under action['irg']), the newest is active.")
     finally:
         irg_blender_addon.unregister()
     return 0
