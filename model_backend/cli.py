@@ -349,12 +349,23 @@ def cmd_make_fixture(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    if not args.stdio:
-        raise CliError("choose a transport: --stdio (JSON lines on stdin/stdout, docs/protocol.md) is the "
-                       "only one in this version")
-    from .server import serve_stdio
+    if args.listen is None:
+        if not args.stdio:
+            raise CliError("choose a transport: --stdio (JSON lines on stdin/stdout, for the add-on's own "
+                           "process) or --listen HOST:PORT (a network server, docs/protocol.md#transports)")
+        if args.token_file is not None or args.allow_remote_shutdown or args.max_clients is not None:
+            raise CliError("--token-file, --allow-remote-shutdown and --max-clients only apply to --listen")
+        from .server import serve_stdio
 
-    return serve_stdio(args.model, args.device, args.precision)
+        return serve_stdio(args.model, args.device, args.precision)
+    from .net_server import MAX_CLIENTS, ServerConfigError, serve_tcp, server_config
+
+    try:  # checked before torch is imported: a refused address fails at once
+        config = server_config(args.listen, args.token_file, allow_remote_shutdown=args.allow_remote_shutdown,
+                               max_clients=MAX_CLIENTS if args.max_clients is None else args.max_clients)
+    except ServerConfigError as exc:
+        raise CliError(str(exc)) from None
+    return serve_tcp(args.model, args.device, args.precision, config)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -707,7 +718,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 EXAMPLES = {
     "make-fixture": "example:\n  irg-motion make-fixture out/fixture-model --seed 0",
-    "serve": "example:\n  irg-motion serve --stdio --model ~/models/irg-hml3d-stage3 --device cuda --precision nf4",
+    "serve": ("examples:\n  irg-motion serve --stdio --model ~/models/irg-hml3d-stage3 --device cuda --precision nf4\n"
+              "  irg-motion serve --listen 127.0.0.1:7700 --model ~/models/irg-hml3d-stage3\n"
+              "  irg-motion serve --listen 0.0.0.0:7700 --token-file ~/.irg-token --model ~/models/irg-hml3d-stage3"),
     "generate": ('examples:\n'
                  '  irg-motion generate "a person walks forward and waves" --model MODEL --out walk.npz\n'
                  '  irg-motion generate "a man jumps" --model MODEL --out jump.npz --mode direct --seed 3 '
@@ -796,9 +809,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--dataset", choices=("HumanML3D", "KIT-ML"), default="HumanML3D")
     sub.add_argument("--stage", type=int, choices=(1, 2, 3), default=2, help="training stage to imitate")
 
-    sub = _subparser(subs, "serve", "run the backend: JSON lines on stdin/stdout (docs/protocol.md)",
+    sub = _subparser(subs, "serve", "run the backend: JSON lines on stdin/stdout or TCP (docs/protocol.md)",
                      [v, model], cmd_serve)
-    sub.add_argument("--stdio", action="store_true", help="talk over stdin/stdout (the only transport for now)")
+    transport = sub.add_mutually_exclusive_group()
+    transport.add_argument("--stdio", action="store_true", help="talk over stdin/stdout (the add-on's own process)")
+    transport.add_argument("--listen", metavar="HOST:PORT", default=None,
+                           help="serve clients over TCP; HOST defaults to 127.0.0.1, port 0 picks a free one. "
+                                "Any non-loopback HOST needs a token")
+    sub.add_argument("--token-file", metavar="FILE", default=None,
+                     help="with --listen: every client must send this token first (default: $IRG_SERVER_TOKEN)")
+    sub.add_argument("--allow-remote-shutdown", action="store_true",
+                     help="with --listen: a client's shutdown request stops the server (default: it ends only "
+                          "that client's session)")
+    sub.add_argument("--max-clients", type=int, default=None, metavar="N",
+                     help="with --listen: most simultaneous connections (default 16)")
 
     sub = _subparser(subs, "generate", "text to motion; writes an .npz", [v, model, sampling], cmd_generate)
     sub.add_argument("prompt", metavar="PROMPT", help="what the motion should show")
