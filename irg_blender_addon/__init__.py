@@ -10,27 +10,35 @@ from __future__ import annotations
 
 
 def _modules():
-    from . import operators, prefs, props, ui
-    return prefs, props, operators, ui
+    from . import operators, prefs, props, retarget_ops, ui
+    return prefs, props, operators, retarget_ops, ui
+
+
+def _classes() -> tuple:
+    # Order matters: property groups before the classes that point to them, panels last.
+    prefs, props, operators, retarget_ops, ui = _modules()
+    return (*prefs.CLASSES, *props.CLASSES, *operators.CLASSES, *ui.CLASSES)
 
 
 def register() -> None:
     """Register every class and attach the properties."""
     import bpy
-    prefs, props, operators, ui = _modules()
-    for cls in (*prefs.CLASSES, *props.CLASSES, *operators.CLASSES, *ui.CLASSES):
+    from . import props, retarget_ops
+    for cls in _classes():
         bpy.utils.register_class(cls)
     props.register_properties()
+    retarget_ops.register()
 
 
 def unregister() -> None:
     """Stop the job and the backends, detach the properties, unregister every class."""
     import bpy
-    from . import client, jobs
-    prefs, props, operators, ui = _modules()
+    from . import client, jobs, props, remote_client, retarget_ops
     jobs.manager.shutdown()
     client.shutdown_all()
+    remote_client.shutdown_all()
+    retarget_ops.unregister()
     props.unregister_properties()
-    for cls in reversed((*prefs.CLASSES, *props.CLASSES, *operators.CLASSES, *ui.CLASSES)):
+    for cls in reversed(_classes()):
         if getattr(cls, "is_registered", False):
             bpy.utils.unregister_class(cls)

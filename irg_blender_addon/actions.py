@@ -4,7 +4,11 @@ Metadata lives in the Action's ID properties under `action["irg"]` (saved with t
 .blend): prompt, round, tokens, assessment, refinement, model, seed, parent (the
 parent version's Action name), source, slug, version, serial (creation order in
 the file), created (ISO time, UTC), fps, src_fps, frames, frame_start, frame_end,
-armature, armature_id, scale, rotation_mode_changed, extra (a dict).
+armature, armature_id, scale, rotation_mode_changed, extra (a dict), and the
+retarget options: preset (the rig preset id used), root_mode, foot_lock, smoothing.
+The source joints (Blender axes, at src_fps) are kept beside them, under
+`action["irg_joints"]` (and the contact channels under `action["irg_contacts"]`
+when given), so a version can be applied to another armature (`apply_version`).
 An armature is identified by `obj["irg_rig_id"]` (set on its first version), so
 renaming it keeps its versions.
 """
@@ -24,6 +28,7 @@ from . import compat, pose, rig
 
 NAMESPACE = "irg"
 RIG_ID = "irg_rig_id"
+JOINTS_KEY, CONTACTS_KEY = "irg_joints", "irg_contacts"
 SLUG_MAX = 40
 UPDATABLE = ("prompt", "round", "tokens", "assessment", "refinement", "model", "seed", "parent", "source", "extra")
 
@@ -123,10 +128,13 @@ def _key_channels(action: bpy.types.Action, armature: bpy.types.Object, channels
         for i in range(4):
             specs.append((f"{path}.rotation_quaternion", i, name))
             series.append(channels.quaternions[:, b, i])
-        if name == channels.root_bone:
+        location = channels.locations.get(name)
+        if location is None and name == channels.root_bone:
+            location = channels.location
+        if location is not None:
             for i in range(3):
                 specs.append((f"{path}.location", i, name))
-                series.append(channels.location[:, i])
+                series.append(location[:, i])
     for fcurve, values in zip(compat.ensure_fcurves(action, armature, specs), series):
         compat.write_keys(fcurve, channels.frames, values, interpolation)
 
@@ -145,17 +153,24 @@ def _use_quaternions(armature: bpy.types.Object, names) -> list[str]:
 def write_version(armature: bpy.types.Object, joints_blender, *, fps: float = 20.0, prompt: str, round: int = 1,
                   tokens=(), assessment: str = "", refinement: str = "", model: str = "", seed: int | None = None,
                   parent=None, source: str = "generate", extra: dict | None = None,
-                  interpolation: str = "LINEAR") -> bpy.types.Action:
+                  interpolation: str = "LINEAR", preset: str | dict | None = "auto", root_mode: str = "root_motion",
+                  foot_lock: bool = False, smoothing: bool = False, contacts=None) -> bpy.types.Action:
     """Key joints (T, 22, 3; Blender axes, metres, at `fps`) as a new version, made the active Action.
 
     Name `{slug}.v{NNN}` (never overwrites an Action), fake user set, frame range set, the
     scene's end frame extended to cover it. parent: the parent version (Action or name).
-    All or nothing: on any error the half-made Action is removed and the previous active
-    Action, rotation modes and scene range are restored."""
+    Retarget options (see pose.joints_to_channels): preset ("auto", a preset id or
+    {joint: bone}), root_mode ("root_motion", "in_place", "root_bone"), foot_lock,
+    smoothing, contacts ((T, 4) contact channels for foot locking, optional).
+    Keyed bones not in quaternion mode are switched to it (listed in the metadata's
+    rotation_mode_changed). All or nothing: on any error the half-made Action is
+    removed and the previous active Action, rotation modes and scene range are restored."""
     rig.check_armature(armature)
     rig.ensure_pose(armature)
     fields = _fields(prompt, round, tokens, assessment, refinement, model, seed, parent, source, extra)
-    channels = pose.joints_to_channels(armature, joints_blender, src_fps=fps)  # validates before any change
+    channels = pose.joints_to_channels(armature, joints_blender, src_fps=fps, preset=preset, root_mode=root_mode,
+                                       foot_lock=foot_lock, smoothing=smoothing, contacts=contacts)  # validates
+    source_joints = np.asarray(joints_blender, dtype=np.float64)
     slug = slugify(prompt)
     number, name = _next_name(armature, slug)
     scene = bpy.context.scene
@@ -177,7 +192,12 @@ def write_version(armature: bpy.types.Object, joints_blender, *, fps: float = 20
             "fps": channels.fps, "src_fps": float(fps), "frames": len(channels.frames),
             "frame_start": start, "frame_end": end, "armature": armature.name,
             "armature_id": _rig_id(armature, create=True), "scale": channels.scale,
+            "preset": channels.preset, "root_mode": channels.root_mode,
+            "foot_lock": bool(foot_lock), "smoothing": bool(smoothing),
             "rotation_mode_changed": _use_quaternions(armature, channels.bone_names)}
+        action[JOINTS_KEY] = source_joints.ravel().tolist()
+        if contacts is not None:
+            action[CONTACTS_KEY] = np.asarray(contacts, dtype=np.float64).ravel().tolist()
         compat.assign_action(armature, action)
         if scene.frame_end < end:
             scene.frame_end = math.ceil(end)
@@ -192,6 +212,47 @@ def write_version(armature: bpy.types.Object, joints_blender, *, fps: float = 20
             del armature[RIG_ID]
         raise
     return action
+
+
+def source_motion(action: bpy.types.Action) -> tuple[np.ndarray, np.ndarray | None]:
+    """The joints (T, 22, 3; Blender axes, at the version's src_fps) a version was made from,
+    and its contact channels (T, 4) or None. ValueError when the version holds none."""
+    info = version_info(action)
+    stored = action.get(JOINTS_KEY)
+    if not info or stored is None:
+        raise ValueError(f"Action {action.name!r} holds no source motion (it is not an IRG Motion version, or was "
+                         "made before versions kept their joints): generate it again.")
+    joints = np.asarray(stored.to_list() if hasattr(stored, "to_list") else stored, dtype=np.float64)
+    joints = joints.reshape(-1, 22, 3)
+    raw = action.get(CONTACTS_KEY)
+    contacts = None
+    if raw is not None:
+        contacts = np.asarray(raw.to_list() if hasattr(raw, "to_list") else raw, dtype=np.float64).reshape(-1, 4)
+    return joints, contacts
+
+
+def apply_version(action: bpy.types.Action, armature: bpy.types.Object, **options) -> bpy.types.Action:
+    """Retarget a version's source motion onto `armature` as a new version of that armature.
+
+    The new version keeps the prompt, round, tokens, assessment, refinement, model,
+    seed and extra; parent is `action`, source "retarget". options: preset (default "auto":
+    detect the target's rig), root_mode, foot_lock, smoothing (default: the version's own),
+    interpolation."""
+    rig.check_armature(armature)
+    joints, contacts = source_motion(action)
+    info = version_info(action)
+    unknown = set(options) - {"preset", "root_mode", "foot_lock", "smoothing", "interpolation"}
+    if unknown:
+        raise TypeError(f"unknown option(s) {', '.join(sorted(unknown))}; "
+                        "known: preset, root_mode, foot_lock, smoothing, interpolation")
+    settings = {"preset": "auto", "root_mode": info.get("root_mode", "root_motion"),
+                "foot_lock": bool(info.get("foot_lock", False)), "smoothing": bool(info.get("smoothing", False))}
+    settings.update(options)
+    return write_version(armature, joints, fps=float(info.get("src_fps", 20.0)), prompt=info.get("prompt", ""),
+                         round=int(info.get("round", 1)), tokens=info.get("tokens", ()),
+                         assessment=info.get("assessment", ""), refinement=info.get("refinement", ""),
+                         model=info.get("model", ""), seed=info.get("seed"), parent=action, source="retarget",
+                         extra=info.get("extra"), contacts=contacts, **settings)
 
 
 def update_info(action: bpy.types.Action, **fields) -> None:
@@ -213,9 +274,22 @@ def set_active_version(armature: bpy.types.Object, action: bpy.types.Action) -> 
     rig.check_armature(armature)
     if not isinstance(action, bpy.types.Action):
         raise ValueError(f"Expected an Action, got {action!r}")
-    names = [n for n in rig.JOINT_NAMES if n in rig.ensure_pose(armature).bones]
+    bones = rig.ensure_pose(armature).bones
+    names = [n for n in keyed_bones(action) if n in bones]
     compat.assign_action(armature, action)
     _use_quaternions(armature, names)
+
+
+def keyed_bones(action: bpy.types.Action) -> list[str]:
+    """Names of the bones whose rotation_quaternion the Action keys, in F-Curve order."""
+    names = []
+    for fcurve in compat.action_fcurves(action):
+        path = fcurve.data_path
+        if path.startswith('pose.bones["') and path.endswith('"].rotation_quaternion'):
+            name = re.sub(r"\\(.)", r"\1", path[len('pose.bones["'):-len('"].rotation_quaternion')])  # unescape
+            if name not in names:
+                names.append(name)
+    return names
 
 
 def delete_version(action: bpy.types.Action) -> None:

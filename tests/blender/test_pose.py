@@ -50,19 +50,23 @@ def test_posed_limbs_and_full_turns_keep_quaternions_continuous(default_rig, rig
     bent = np.degrees(np.arccos(shin_rest @ shin / np.linalg.norm(shin_rest) / np.linalg.norm(shin)))
     assert 65 < bent < 70  # the shin is tilted in the rest pose: a bit less than 70 degrees of swing
     knee_angle = 2 * np.degrees(np.arccos(min(1.0, abs(ch.rotation("left_knee")[0, 0]))))
-    assert knee_angle == pytest.approx(bent, abs=0.01)
+    # The knee's bend plane now also sets the thigh's twist (the solver's hinge rule), so the knee's
+    # channel is close to, not exactly, the shortest arc.
+    assert knee_angle == pytest.approx(bent, abs=3.0)
 
 
 def test_real_clip_bone_directions_and_root(default_rig, clip_blender, direction_errors):
     ch = pose.joints_to_channels(default_rig, clip_blender, src_fps=20.0, dst_fps=20.0)
     # The clip's legs are longer than the rig's: the root is scaled by the leg length ratio.
     assert 0.9 < ch.scale < 1.0
-    errors = []
+    errors, drops = [], []
     for k in range(0, len(clip_blender), 8):
         heads = apply_frame(default_rig, ch, k)
-        np.testing.assert_allclose(heads[0], clip_blender[k, 0] * ch.scale, atol=1e-4)
+        np.testing.assert_allclose(heads[0, :2], clip_blender[k, 0, :2] * ch.scale, atol=1e-4)
+        drops.append(heads[0, 2] - clip_blender[k, 0, 2] * ch.scale)  # one floor offset for the clip
         errors.append(direction_errors(heads, clip_blender[k]))
     errors = np.array(errors)
+    assert np.ptp(drops) < 1e-4 and abs(drops[0]) < 0.05
     assert errors.mean() < 2.0 and errors.max() < 10.0
     aimed = [rig.SKELETON.index(n) - 1 for n in ("left_knee", "left_elbow", "neck", "right_ankle")]
     assert errors[:, aimed].max() < 0.05  # bones aimed at their child: exact directions
@@ -70,11 +74,16 @@ def test_real_clip_bone_directions_and_root(default_rig, clip_blender, direction
     assert -0.03 < min(apply_frame(default_rig, ch, k)[[10, 11], 2].min() for k in range(0, 170, 17)) < 0.03
 
 
-def test_in_place_keeps_the_root_above_its_rest_position(default_rig, clip_blender):
+def test_in_place_removes_the_ground_path_and_keeps_the_height(default_rig, clip_blender):
+    moving = pose.joints_to_channels(default_rig, clip_blender, src_fps=20.0, dst_fps=20.0)
     ch = pose.joints_to_channels(default_rig, clip_blender, src_fps=20.0, dst_fps=20.0, root_motion=False)
-    heads = apply_frame(default_rig, ch, 100)
-    np.testing.assert_allclose(heads[0, :2], rig.rest_joint_positions(default_rig)[0, :2], atol=1e-5)
-    assert heads[0, 2] == pytest.approx(clip_blender[100, 0, 2] * ch.scale, abs=1e-4)
+    assert ch.root_mode == "in_place"
+    far = 0.0
+    for k in range(0, 170, 13):
+        heads, travelled = apply_frame(default_rig, ch, k), apply_frame(default_rig, moving, k)
+        assert np.abs(heads[0, :2]).max() < 0.2 and heads[0, 2] == pytest.approx(travelled[0, 2], abs=1e-5)
+        far = max(far, np.abs(travelled[0, :2]).max())
+    assert far > 1.0  # the clip walks more than a metre away
 
 
 @pytest.mark.parametrize("dst_fps, frames", [(24.0, 203), (30.0, 254), (20.0, 170), (12.5, 106)])
@@ -89,7 +98,7 @@ def test_resampling_keeps_the_duration_on_integer_frames(default_rig, clip_blend
     t = k / dst_fps * 20.0
     lo = int(t)
     expected = clip_blender[lo, 0] * (1 - (t - lo)) + clip_blender[lo + 1, 0] * (t - lo)
-    np.testing.assert_allclose(apply_frame(default_rig, ch, k)[0], expected * ch.scale, atol=1e-4)
+    np.testing.assert_allclose(apply_frame(default_rig, ch, k)[0, :2], expected[:2] * ch.scale, atol=1e-4)
 
 
 def test_scene_fps_is_the_default_target(default_rig, clip_blender):
@@ -126,7 +135,7 @@ def test_invalid_input_raises_before_anything(default_rig):
         pose.joints_to_channels(default_rig, good, src_fps=0.0)
     default_rig.data.bones["left_wrist"].name = "hand.L"
     default_rig.data.bones["head"].name = "Head"
-    with pytest.raises(ValueError, match="no bones named head, left_wrist: retargeting"):
+    with pytest.raises(ValueError, match=r"Unmapped required joints: left_wrist \(bone 'left_wrist' not found\)"):
         pose.joints_to_channels(default_rig, good)
     with pytest.raises(ValueError, match="Expected an armature object"):
         pose.joints_to_channels(bpy.data.objects.new("Empty", None), good)
