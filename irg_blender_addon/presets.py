@@ -240,29 +240,86 @@ def presets_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "presets" / "rigs"
 
 
+# Presets read per folder, keyed by the folder's and its files' stat (mtime, size, inode):
+# the panel's preset list and every retarget ask for the presets, and re-reading and
+# re-validating the JSON each time would be wasted. The Preset objects are shared: never
+# change them. A few folders at most (bundled, the user's, those a test makes).
+_FolderKey = tuple
+_folder_cache: dict[Path, tuple[_FolderKey, tuple[Preset, ...], tuple[str, ...]]] = {}
+_CACHE_SIZE = 8
+
+
+def _folder_key(folder: Path) -> _FolderKey | None:
+    """What changes when a preset file in `folder` is added, removed, renamed or rewritten."""
+    try:
+        files = [(p.name, p.stat()) for p in sorted(folder.glob("*.json"))]
+        return (folder.stat().st_mtime_ns,
+                tuple((n, st.st_mtime_ns, st.st_size, st.st_ino) for n, st in files))
+    except OSError:  # removed while looking: read it afresh
+        return None
+
+
+def _read_folder(folder: Path) -> tuple[tuple[Preset, ...], tuple[str, ...]]:
+    """The presets of one folder in file-name order, and one message per broken file."""
+    loaded: list[Preset] = []
+    errors: list[str] = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            loaded.append(load_preset(path))
+        except PresetError as exc:
+            errors.append(str(exc))
+    return tuple(loaded), tuple(errors)
+
+
+def _folder_presets(folder: Path) -> tuple[tuple[Preset, ...], tuple[str, ...]]:
+    """_read_folder, from the cache while the folder's files are unchanged."""
+    key = _folder_key(folder)
+    cached = _folder_cache.get(folder)
+    if key is not None and cached is not None and cached[0] == key:
+        return cached[1], cached[2]
+    found = _read_folder(folder)
+    if key is not None:
+        _folder_cache.pop(folder, None)
+        while len(_folder_cache) >= _CACHE_SIZE:
+            _folder_cache.pop(next(iter(_folder_cache)))  # the oldest entry
+        _folder_cache[folder] = (key, *found)
+    return found
+
+
 def load_presets(extra_dirs: Iterable[str | os.PathLike] = ()) -> PresetSet:
     """Bundled presets, then those in `extra_dirs` (e.g. the user's preset folder).
 
     A broken file is reported in the result's `errors` and skipped; the others still
     load. A user preset cannot replace a bundled one of the same id. Folders that do
-    not exist yet are skipped silently (no user preset saved so far).
+    not exist yet are skipped silently (no user preset saved so far). Unchanged
+    folders are not read again (the Preset objects are shared: do not modify them).
     """
     result = PresetSet()
     for folder in (presets_dir(), *map(Path, extra_dirs)):
         if not folder.is_dir():
             continue
-        for path in sorted(folder.glob("*.json")):
-            try:
-                preset = load_preset(path)
-            except PresetError as exc:
-                result.errors.append(str(exc))
-                continue
+        loaded, errors = _folder_presets(folder)
+        result.errors.extend(errors)
+        for preset in loaded:
             if preset.id in result:
-                result.errors.append(f"{path}: id {preset.id!r} is already used by {result[preset.id].path}; "
-                                     "rename the file and its id")
+                result.errors.append(f"{preset.path}: id {preset.id!r} is already used by "
+                                     f"{result[preset.id].path}; rename the file and its id")
                 continue
             result[preset.id] = preset
     return result
+
+
+USER_FOLDER = "rig_presets"
+
+
+def user_presets_dir(base: str | os.PathLike) -> Path:
+    """The user preset folder inside `base`, a per-user folder the caller knows (the add-on
+    gives Blender's extension user folder, or its folder in Blender's config). Not created
+    here: save_user_preset makes it. PresetError if it would be the bundled folder."""
+    folder = Path(base) / USER_FOLDER
+    if folder.resolve() == presets_dir().resolve():
+        raise PresetError(f"{folder} holds the bundled presets: user presets need a folder of their own.")
+    return folder
 
 
 # --- matching bone names ---------------------------------------------------------

@@ -28,8 +28,10 @@ rig's lowest foot point over the clip sits at z = 0.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Mapping
+from pathlib import Path
+from typing import Iterable, Mapping
 
 import numpy as np
 
@@ -171,22 +173,43 @@ class BoneMap:
     root_bone: str | None
 
 
+# Folders of user presets searched besides the bundled ones (retarget_ops.register sets the
+# user preset folder), so a preset saved in the panel is known to detection and by id.
+_preset_dirs: tuple[Path, ...] = ()
+
+
+def set_preset_dirs(folders: Iterable[str | os.PathLike]) -> None:
+    """Search these folders for user presets too (in this order, after the bundled ones)."""
+    global _preset_dirs
+    _preset_dirs = tuple(Path(f) for f in folders)
+
+
+def available_presets() -> presets.PresetSet:
+    """The bundled presets and those in the folders given to set_preset_dirs."""
+    return presets.load_presets(_preset_dirs)
+
+
 def bone_map(armature, preset: str | Mapping[str, str] | presets.Preset | None = "auto") -> BoneMap:
     """The armature's joint -> bone map: detected ("auto" or None), from a preset (its id or a
-    Preset), or given as {joint: bone}. ValueError saying what is missing and how to fix it."""
+    Preset; user presets included), or given as {joint: bone}. ValueError saying what is
+    missing and how to fix it."""
     names = [b.name for b in armature.data.bones]
     if isinstance(preset, Mapping):
         parents = {b.name: b.parent.name if b.parent else None for b in armature.data.bones}
         mapping = {j: b for j, b in preset.items() if b}
+        if not mapping:
+            raise ValueError(f"Armature {armature.name!r} has no custom bone mapping: press Detect Mapping in the "
+                             "IRG Motion panel (Bone Mapping) and fix it by hand, or pick a rig preset.")
         problems = presets.validate_mapping(mapping, names, parents)
         if problems:
-            raise ValueError(f"Bone map for {armature.name!r} cannot be used: " + " ".join(problems))
+            raise ValueError(f"Bone map for {armature.name!r} cannot be used: " + " ".join(problems)
+                             + " Fix it in the IRG Motion panel (Bone Mapping), or pick a rig preset.")
         return BoneMap("custom", mapping, None)
+    known = available_presets()
     if preset in (None, "auto"):
-        found = presets.detect_preset(names)
+        found = presets.detect_preset(names, known)
     else:
         if isinstance(preset, str):
-            known = presets.load_presets()
             if preset not in known:
                 raise ValueError(f"Unknown rig preset {preset!r}: use 'auto' or one of {', '.join(sorted(known))}.")
             preset = known[preset]

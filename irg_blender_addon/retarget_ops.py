@@ -1,41 +1,135 @@
-"""Retarget options (per scene), "Apply to Selected Armature", "Check Rig", and the panel section.
+"""Retarget options (per scene), the bone mapping of each armature, and their panel sections.
 
 Wiring (irg_blender_addon/__init__.py): call `register()` after the add-on's own
 classes and `unregister()` before them; both are idempotent, and `CLASSES` lists
-what they register. The generation job passes `retarget_options(context)` to
-actions.write_version so new versions use the panel's settings; the versions
-list calls `draw_apply_button(layout, action)` per version.
+what they register. The generation job passes `retarget_options(context, armature)`
+to actions.write_version so new versions use the panel's settings; the versions
+list calls `draw_apply_button(layout, action)` per version; the panel calls
+`draw_retarget(layout, context)` and `draw_mapping(layout, context)`.
+
+The bone mapping (Object.irg_bone_map, saved in the .blend) holds one row per
+HumanML3D joint: the bone that takes it on this armature. "Detect Mapping" fills
+it from the rig presets, the user fixes it by hand, the panel lists what
+presets.validate_mapping finds wrong, the "Custom (this rig)" preset option
+retargets with it, and "Save as Preset" writes it to the user preset folder, which
+detection searches from then on (retarget.set_preset_dirs, set by register()).
 """
 from __future__ import annotations
 
+import re
+import textwrap
+import zlib
+from pathlib import Path
+
 import bpy
-from bpy.props import BoolProperty, EnumProperty, PointerProperty, StringProperty
+from bpy.props import BoolProperty, CollectionProperty, EnumProperty, PointerProperty, StringProperty
 
 from . import actions, presets, retarget, rig
+from .prefs import ADDON_ID
 
+AUTO, CUSTOM = "AUTO", "CUSTOM"
 ROOT_MODE_ITEMS = (
     ("root_motion", "Root Motion", "The hips carry the whole translation"),
     ("in_place", "In Place", "The ground trajectory is removed; the body's own sway stays"),
     ("root_bone", "Root Bone", "A separate root bone (named by the rig preset) carries the ground trajectory and "
                                "the facing"),
 )
-_preset_items: list[tuple[str, str, str]] = []  # Blender needs the enum strings kept alive
+WRAP = 52  # characters per label line in the N-panel
+# What each joint's bone is on a usual rig (the bone whose head sits at the joint).
+PART = {"pelvis": "hips", "spine1": "spine", "spine2": "spine", "spine3": "chest", "neck": "neck",
+        "head": "head", "collar": "clavicle", "shoulder": "upper arm", "elbow": "forearm", "wrist": "hand",
+        "hip": "thigh", "knee": "shin", "ankle": "foot", "foot": "toes"}
+GROUPS = (("Torso", ("pelvis", "spine1", "spine2", "spine3", "neck", "head")),
+          *((f"{side.title()} {limb}", tuple(f"{side}_{j}" for j in joints))
+            for limb, joints in (("Arm", ("collar", "shoulder", "elbow", "wrist")),
+                                 ("Leg", ("hip", "knee", "ankle", "foot")))
+            for side in ("left", "right")))
 
 
-def _presets_enum(self, context) -> list[tuple[str, str, str]]:
-    if not _preset_items:
-        loaded = presets.load_presets()
-        _preset_items.append(("AUTO", "Auto-detect", "Pick the preset from the armature's bone names"))
-        for pid, preset in sorted(loaded.items(), key=lambda kv: kv[1].name.casefold()):
-            _preset_items.append((pid, preset.name, preset.description or preset.name))
+# ---------------------------------------------------------------- where user presets live
+
+def user_preset_folder(create: bool = False) -> Path:
+    """The folder user presets are saved to: the extension's user folder when installed as an
+    extension, else irg_motion/ in Blender's config folder (BLENDER_USER_RESOURCES moves it)."""
+    if "." in ADDON_ID:  # bl_ext.<repo>.irg_motion
+        base = bpy.utils.extension_path_user(ADDON_ID, create=create)
+    else:
+        base = bpy.utils.user_resource("CONFIG", path="irg_motion", create=create)
+    if not base:
+        raise ValueError("Blender reports no user folder for presets: check the user resources folder "
+                         "(BLENDER_USER_RESOURCES) is writable.")
+    return presets.user_presets_dir(base)
+
+
+# ---------------------------------------------------------------- the preset option
+
+_preset_items: list[tuple] = []  # Blender needs the enum strings kept alive while it shows them
+_retired: list[list[tuple]] = []  # earlier lists, kept alive too (only grows when presets change)
+
+
+def _enum_number(pid: str, taken: set[int]) -> int:
+    """A number for a preset id that does not change when presets are added or removed, so the
+    choice saved in a .blend (Blender stores the number) keeps naming the same preset."""
+    number = zlib.crc32(pid.encode("utf-8")) & 0x7FFFFFFF
+    while number in taken:
+        number = (number + 1) & 0x7FFFFFFF
+    return number
+
+
+def preset_items() -> list[tuple[str, str, str, str, int]]:
+    """The preset option's items: Auto, Custom, the bundled presets, then the user's."""
+    items = [(AUTO, "Auto-detect", "Pick the preset from the armature's bone names (user presets included)",
+              "NONE", 0),
+             (CUSTOM, "Custom (this rig)", "The armature's own bone mapping (Bone Mapping: detect, then fix by "
+                                           "hand)", "NONE", 1)]
+    taken = {0, 1}
+    known = retarget.available_presets()
+    for preset in sorted(known.values(), key=lambda p: (not p.bundled, p.name.casefold())):
+        number = _enum_number(preset.id, taken)
+        taken.add(number)
+        label = preset.name if preset.bundled else f"{preset.name} (user)"
+        items.append((preset.id, label, preset.description or preset.name,
+                      "NONE" if preset.bundled else "USER", number))
+    return items
+
+
+def _presets_enum(self, context) -> list[tuple]:
+    global _preset_items
+    try:
+        items = preset_items()
+    except Exception:  # called while drawing: never raise; Auto and Custom still work
+        items = _preset_items[:2] or [(AUTO, "Auto-detect", "", "NONE", 0), (CUSTOM, "Custom (this rig)", "",
+                                                                              "NONE", 1)]
+    if items != _preset_items:
+        _retired.append(_preset_items)
+        _preset_items = items
     return _preset_items
+
+
+# ---------------------------------------------------------------- properties
+
+class IRG_PG_joint_bone(bpy.types.PropertyGroup):
+    """One row of a bone mapping: a HumanML3D joint and the bone that takes it."""
+
+    joint: StringProperty(name="Joint", description="HumanML3D joint")
+    bone: StringProperty(name="Bone", description="The bone whose head sits at this joint (empty: not driven, "
+                                                  "it follows its parent)")
+
+
+class IRG_PG_bone_map(bpy.types.PropertyGroup):
+    """An armature's own joint -> bone mapping (saved with the object)."""
+
+    joints: CollectionProperty(type=IRG_PG_joint_bone)
+    base: StringProperty(name="Based On", description="The rig preset the mapping was detected from")
+    report: StringProperty(name="Detection", description="What Detect Mapping found")
 
 
 class IRG_PG_retarget(bpy.types.PropertyGroup):
     """How motion is put on the armature (saved with the scene)."""
 
     preset: EnumProperty(name="Rig Preset", items=_presets_enum,
-                         description="Which bone takes each joint: detected from the bone names, or a preset")
+                         description="Which bone takes each joint: detected from the bone names, a preset, or "
+                                     "the armature's own mapping (Custom)")
     root_mode: EnumProperty(name="Root", items=ROOT_MODE_ITEMS, default="root_motion",
                             description="Where the translation goes")
     foot_lock: BoolProperty(name="Foot Locking", default=False,
@@ -43,14 +137,98 @@ class IRG_PG_retarget(bpy.types.PropertyGroup):
     smoothing: BoolProperty(name="Smoothing", default=False,
                             description="Savitzky-Golay filter on the joint positions (window 11, order 5)")
     last_check: StringProperty(name="Rig Check", description="What Check Rig found for the armature")
+    show_mapping: BoolProperty(name="Bone Mapping", default=False,
+                               description="Show the armature's joint -> bone mapping")
 
 
-def retarget_options(context=None) -> dict:
-    """The scene's retarget settings as keyword arguments of actions.write_version."""
-    settings = getattr((context or bpy.context).scene, "irg_retarget", None)
+# ---------------------------------------------------------------- the mapping on an armature
+
+def _bone_map_state(obj):
+    """The object's mapping property group, or None (not registered, or not an object)."""
+    return getattr(obj, "irg_bone_map", None)
+
+
+def fill_mapping(armature, mapping: dict[str, str], base: str = "", report: str = "") -> None:
+    """Set the armature's mapping: one row per joint (empty bone where `mapping` has none)."""
+    unknown = sorted(set(mapping) - set(presets.JOINTS))
+    if unknown:
+        raise ValueError(f"Unknown joints {unknown}: joints are HumanML3D's ({', '.join(presets.JOINTS)}).")
+    state = armature.irg_bone_map
+    state.joints.clear()
+    for joint in presets.JOINTS:
+        row = state.joints.add()
+        row.joint, row.bone = joint, mapping.get(joint) or ""
+    state.base, state.report = base, report
+
+
+def joint_mapping(armature) -> dict[str, str]:
+    """The armature's mapping as {joint: bone}, unmapped joints left out ({} when none)."""
+    state = _bone_map_state(armature)
+    if state is None:
+        return {}
+    return {row.joint: row.bone for row in state.joints if row.bone}
+
+
+def mapping_problems(armature) -> list[str]:
+    """What is wrong with the armature's mapping (presets.validate_mapping); [] when usable."""
+    bones = armature.data.bones
+    parents = {b.name: b.parent.name if b.parent else None for b in bones}
+    return presets.validate_mapping(joint_mapping(armature), parents, parents)
+
+
+def detect_mapping(armature, preset_id: str | None = None) -> presets.Detection:
+    """Fill the armature's mapping from the preset that fits its bone names (or from `preset_id`),
+    user presets included, and keep the detection report with it. When no preset fits, the rows
+    start from the closest one (or empty) for the user to fix by hand."""
+    rig.check_armature(armature)
+    names = [b.name for b in armature.data.bones]
+    known = retarget.available_presets()
+    if preset_id in known:
+        found = presets.match_preset(known[preset_id], names)
+    else:
+        found = presets.detect_preset(names, known)
+    start, report = found, found.report()
+    if found.preset is None and found.ranking and found.ranking[0][1] > 0:
+        start = presets.match_preset(found.ranking[0][0], names)
+        report += f"\nThe rows start from {start.preset.name}: fix them by hand."
+    fill_mapping(armature, start.mapping, start.preset.id if start.preset else "", report)
+    return found
+
+
+def save_mapping(armature, name: str) -> tuple[Path, bool]:
+    """Save the armature's mapping as a user preset; (its file, whether it replaced one).
+
+    Refuses (presets.PresetError) an empty or invalid mapping and bundled presets' ids."""
+    rig.check_armature(armature)
+    mapping = joint_mapping(armature)
+    if not mapping:
+        raise presets.PresetError(f"Armature {armature.name!r} has no bone mapping to save: press Detect Mapping, "
+                                  "fix the rows, then save.")
+    problems = mapping_problems(armature)
+    if problems:
+        raise presets.PresetError(f"Cannot save {name!r}: fix the mapping first. " + " ".join(problems))
+    folder = user_preset_folder(create=True)
+    replaced = (folder / f"{presets.preset_id(name)}.json").exists()
+    base = retarget.available_presets().get(armature.irg_bone_map.base)
+    return presets.save_user_preset(mapping, name, folder, base=base), replaced
+
+
+def retarget_options(context=None, armature=None) -> dict:
+    """The scene's retarget settings as keyword arguments of actions.write_version.
+
+    With the Custom preset option, `preset` is the mapping ({joint: bone}) of `armature`
+    (default: the target armature of the context), {} when it has none."""
+    context = context or bpy.context
+    settings = getattr(getattr(context, "scene", None), "irg_retarget", None)
     if settings is None:
         return {"preset": "auto", "root_mode": "root_motion", "foot_lock": False, "smoothing": False}
-    return {"preset": "auto" if settings.preset == "AUTO" else settings.preset, "root_mode": settings.root_mode,
+    choice = settings.preset or AUTO  # '' when the saved choice names a preset that is gone
+    if choice == CUSTOM:
+        target = armature if armature is not None else _target(context)
+        preset = joint_mapping(target) if target is not None else {}
+    else:
+        preset = "auto" if choice == AUTO else choice
+    return {"preset": preset, "root_mode": settings.root_mode,
             "foot_lock": bool(settings.foot_lock), "smoothing": bool(settings.smoothing)}
 
 
@@ -65,6 +243,21 @@ def check_rig(armature, preset="auto") -> str:
             f"{len(plan.keyed)} bones keyed ({between} sharing a span's twist){root}.")
 
 
+# ---------------------------------------------------------------- operators
+
+def _target(context):
+    """The target armature (rig.find_target_armature), None when the context has none."""
+    try:
+        return rig.find_target_armature(context)
+    except (AttributeError, ReferenceError):  # a context without a view layer
+        return None
+
+
+def _editable_target(context):
+    target = _target(context)
+    return target if target is not None and target.mode != "EDIT" else None
+
+
 class IRG_OT_check_rig(bpy.types.Operator):
     """Detect the rig preset of the selected armature and check that motion can be put on it"""
 
@@ -73,18 +266,73 @@ class IRG_OT_check_rig(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        return rig.find_target_armature(context) is not None
+        return _target(context) is not None
 
     def execute(self, context):
         settings = context.scene.irg_retarget
+        target = _target(context)
         try:
-            text = check_rig(rig.find_target_armature(context), retarget_options(context)["preset"])
+            text = check_rig(target, retarget_options(context, target)["preset"])
         except ValueError as exc:
             settings.last_check = str(exc)
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
         settings.last_check = text
         self.report({"INFO"}, text)
+        return {"FINISHED"}
+
+
+class IRG_OT_detect_mapping(bpy.types.Operator):
+    """Fill the armature's bone mapping from the rig preset that fits its bone names (or the preset picked above)"""
+
+    bl_idname = "irg.detect_mapping"
+    bl_label = "Detect Mapping"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context):
+        return _editable_target(context) is not None
+
+    def execute(self, context):
+        target = _target(context)
+        choice = context.scene.irg_retarget.preset
+        try:
+            found = detect_mapping(target, None if choice in (AUTO, CUSTOM, "") else choice)
+        except ValueError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        self.report({"INFO"} if found.ok else {"WARNING"}, found.report().replace("\n", " "))
+        return {"FINISHED"}
+
+
+class IRG_OT_save_mapping_preset(bpy.types.Operator):
+    """Save the armature's bone mapping as a rig preset of your own (detection prefers it on rigs it fits)"""
+
+    bl_idname = "irg.save_mapping_preset"
+    bl_label = "Save as Preset"
+    bl_options = {"REGISTER"}
+
+    name: StringProperty(name="Name", description="The preset's name (its file name is made from it)")
+
+    @classmethod
+    def poll(cls, context):
+        target = _editable_target(context)
+        return target is not None and bool(joint_mapping(target))
+
+    def invoke(self, context, event):
+        if not self.name:
+            self.name = f"{_target(context).name} rig"
+        return context.window_manager.invoke_props_dialog(self)
+
+    def execute(self, context):
+        target = _target(context)
+        try:
+            path, replaced = save_mapping(target, self.name)
+        except (ValueError, OSError) as exc:  # PresetError is a ValueError
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        verb = "Replaced" if replaced else "Saved"
+        self.report({"INFO"}, f"{verb} rig preset {self.name.strip()!r} ({path.stem}) in {path.parent}.")
         return {"FINISHED"}
 
 
@@ -99,16 +347,16 @@ class IRG_OT_apply_version(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        return rig.find_target_armature(context) is not None
+        return _target(context) is not None
 
     def execute(self, context):
         action = bpy.data.actions.get(self.version)
-        target = rig.find_target_armature(context)
+        target = _target(context)
         if action is None:
             self.report({"ERROR"}, f"No Action named {self.version!r}: pick an existing version.")
             return {"CANCELLED"}
         try:
-            new = actions.apply_version(action, target, **retarget_options(context))
+            new = actions.apply_version(action, target, **retarget_options(context, target))
         except (ValueError, TypeError) as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
@@ -120,14 +368,143 @@ class IRG_OT_apply_version(bpy.types.Operator):
         return {"FINISHED"}
 
 
+# ---------------------------------------------------------------- drawing (never raises)
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _lines(layout, text: str, icon: str = "NONE", limit: int = 8) -> None:
+    """Labels for `text`, wrapped to the panel width (at most `limit` lines)."""
+    wrapped = [w for para in text.splitlines() for w in (textwrap.wrap(para, WRAP) or [""])]
+    for k, line in enumerate(wrapped[:limit]):
+        layout.label(text=line, icon=icon if k == 0 else "NONE")
+
+
+def _state_problem(context) -> tuple[object, str]:
+    """(the target armature, '') when its mapping can be shown, else (None or it, why not)."""
+    target = _target(context)
+    if target is None:
+        active = getattr(context, "active_object", None)
+        if active is not None and getattr(active, "type", "ARMATURE") != "ARMATURE":
+            return None, f"The active object {active.name!r} is a {active.type.lower()}: select an armature."
+        return None, "Select an armature to map its bones."
+    if target.mode == "EDIT":
+        return target, f"{target.name} is in Edit Mode: switch to Object or Pose Mode to map its bones."
+    if _bone_map_state(target) is None:
+        return target, "The bone mapping is not registered: enable the IRG Motion add-on again."
+    return target, ""
+
+
+def _flagged_joints(problems: list[str]) -> set[str]:
+    """The joints a problem is about (quoted bone names and the ancestor a problem compares
+    with are not counted), for red rows."""
+    flagged = set()
+    for problem in problems:
+        text = re.sub(r"'[^']*'|\"[^\"]*\"", "", problem.split(" is not below ")[0])
+        flagged |= {j for j in presets.JOINTS if re.search(rf"\b{j}\b", text)}
+    return flagged
+
+
+def _draw_rows(layout, target, problems: list[str]) -> None:
+    rows = {row.joint: row for row in target.irg_bone_map.joints}
+    flagged = _flagged_joints(problems)
+    for title, joints in GROUPS:
+        col = layout.column(align=True)
+        col.label(text=title)
+        for joint in joints:
+            row = rows.get(joint)
+            if row is None:
+                continue
+            line = col.split(factor=0.45, align=True)
+            line.alert = joint in flagged
+            part = PART.get(joint) or PART.get(joint.split("_", 1)[-1], "")
+            line.label(text=f"{joint.replace('_', ' ').title()} ({part})")
+            line.prop_search(row, "bone", target.data, "bones", text="")
+
+
+def _draw_mapping_body(box, context, settings) -> None:
+    target, why = _state_problem(context)
+    if why:
+        box.label(text=why, icon="INFO")
+        return
+    state = target.irg_bone_map
+    problems = mapping_problems(target) if len(state.joints) else []
+    buttons = box.row(align=True)
+    buttons.operator(IRG_OT_detect_mapping.bl_idname, icon="VIEWZOOM")
+    save = buttons.row(align=True)
+    save.enabled = bool(len(state.joints)) and not problems
+    save.operator(IRG_OT_save_mapping_preset.bl_idname, icon="PRESET_NEW")
+    if not len(state.joints):
+        box.label(text=f"No bone mapping on {target.name} yet: press Detect Mapping.")
+        return
+    if state.report:
+        _lines(box.column(align=True), state.report, icon="INFO", limit=6)
+    _draw_rows(box, target, problems)
+    if problems:
+        col = box.column(align=True)
+        col.alert = True
+        col.label(text=f"{_count(len(problems), 'problem')}:", icon="ERROR")
+        for problem in problems:
+            _lines(col, problem, limit=4)
+    else:
+        box.label(text=f"{len(joint_mapping(target))} of 22 joints mapped; the mapping can be used.",
+                  icon="CHECKMARK")
+    if settings.preset != CUSTOM:
+        box.label(text="Used when Rig Preset is 'Custom (this rig)'.", icon="INFO")
+    errors = retarget.available_presets().errors
+    if errors:
+        _lines(box.column(align=True), f"{len(errors)} preset file(s) could not be read: {errors[0]}",
+               icon="ERROR", limit=4)
+
+
+def draw_mapping(layout, context) -> None:
+    """The collapsible Bone Mapping box: Detect Mapping, one bone field per joint, the
+    mapping's problems, Save as Preset. Never raises (a panel draw must not)."""
+    settings = getattr(getattr(context, "scene", None), "irg_retarget", None)
+    box = layout.box()
+    if settings is None:
+        box.label(text="Bone Mapping: the add-on's properties are not registered.", icon="ERROR")
+        return
+    box.prop(settings, "show_mapping", emboss=False, icon="TRIA_DOWN" if settings.show_mapping else "TRIA_RIGHT")
+    if not settings.show_mapping:
+        return
+    try:
+        _draw_mapping_body(box, context, settings)
+    except Exception as exc:  # a redraw must never raise; show what broke instead
+        box.label(text=f"Cannot show the bone mapping: {exc}", icon="ERROR")
+
+
+def _custom_status(context) -> str:
+    """One line on the target's own mapping, for the Custom preset option."""
+    target, why = _state_problem(context)
+    if why:
+        return why
+    if not joint_mapping(target):
+        return f"{target.name} has no bone mapping: open Bone Mapping and press Detect Mapping."
+    problems = mapping_problems(target)
+    if problems:
+        return f"{target.name}'s bone mapping has {_count(len(problems), 'problem')}: see Bone Mapping."
+    return f"{target.name}: its own bone mapping, {len(joint_mapping(target))} of 22 joints."
+
+
 def draw_retarget(layout, context) -> None:
-    """The panel section: retarget options, Check Rig and its last result."""
-    settings = getattr(context.scene, "irg_retarget", None)
+    """The panel section: retarget options, Check Rig and its last result. Never raises."""
+    settings = getattr(getattr(context, "scene", None), "irg_retarget", None)
     if settings is None:
         return
     box = layout.box()
     box.label(text="Retarget", icon="ARMATURE_DATA")
     box.prop(settings, "preset")
+    if not settings.preset:  # the saved choice names a preset whose file is gone
+        _lines(box, "The rig preset picked before is gone (its file was removed): pick another. "
+                    "Auto-detect is used meanwhile.", icon="ERROR", limit=3)
+    elif settings.preset == CUSTOM:
+        try:
+            status = _custom_status(context)
+        except Exception as exc:  # a redraw must never raise
+            status = f"Cannot read the bone mapping: {exc}"
+        _lines(box, status, icon="BONE_DATA", limit=3)
     box.prop(settings, "root_mode")
     row = box.row()
     row.prop(settings, "foot_lock")
@@ -143,21 +520,30 @@ def draw_apply_button(layout, action, text: str = "") -> None:
     op.version = action.name
 
 
-CLASSES = (IRG_PG_retarget, IRG_OT_check_rig, IRG_OT_apply_version)
+CLASSES = (IRG_PG_joint_bone, IRG_PG_bone_map, IRG_PG_retarget, IRG_OT_check_rig, IRG_OT_detect_mapping,
+           IRG_OT_save_mapping_preset, IRG_OT_apply_version)
 
 
 def register() -> None:
-    """Register the classes (those not yet registered) and attach Scene.irg_retarget."""
+    """Register the classes (those not yet registered), attach Scene.irg_retarget and
+    Object.irg_bone_map, and let detection see the user presets."""
     for cls in CLASSES:
         if not getattr(cls, "is_registered", False):
             bpy.utils.register_class(cls)
     bpy.types.Scene.irg_retarget = PointerProperty(type=IRG_PG_retarget)
+    bpy.types.Object.irg_bone_map = PointerProperty(type=IRG_PG_bone_map)
+    try:
+        retarget.set_preset_dirs([user_preset_folder()])
+    except ValueError:  # no user folder: the bundled presets still work
+        retarget.set_preset_dirs(())
 
 
 def unregister() -> None:
-    """Detach Scene.irg_retarget and unregister the classes."""
-    if hasattr(bpy.types.Scene, "irg_retarget"):
-        del bpy.types.Scene.irg_retarget
+    """Detach the properties, unregister the classes, forget the user preset folder."""
+    retarget.set_preset_dirs(())
+    for owner, name in ((bpy.types.Object, "irg_bone_map"), (bpy.types.Scene, "irg_retarget")):
+        if hasattr(owner, name):
+            delattr(owner, name)
     for cls in reversed(CLASSES):
         if getattr(cls, "is_registered", False):
             bpy.utils.unregister_class(cls)
