@@ -9,34 +9,31 @@ separate backend process (see client.py).
 from __future__ import annotations
 
 
-def _modules():
-    from . import operators, prefs, props, retarget_ops, ui
-    return prefs, props, operators, retarget_ops, ui
-
-
 def _classes() -> tuple:
     # Order matters: property groups before the classes that point to them, panels last.
-    prefs, props, operators, retarget_ops, ui = _modules()
-    return (*prefs.CLASSES, *props.CLASSES, *operators.CLASSES, *ui.CLASSES)
+    from . import operators, prefs, props, ui
+    return (*prefs.CLASSES, *props.CLASSES, *operators.CLASSES, *ui.CLASSES, *prefs.PANEL_CLASSES)
 
 
 def register() -> None:
     """Register every class and attach the properties."""
     import bpy
-    from . import props, retarget_ops
+    from . import batch_ops, props, retarget_ops
     for cls in _classes():
         bpy.utils.register_class(cls)
     props.register_properties()
     retarget_ops.register()
+    batch_ops.register()  # after ui: its panel is a child of IRG_PT_generate
 
 
 def unregister() -> None:
     """Stop the job and the backends, detach the properties, unregister every class."""
     import bpy
-    from . import client, jobs, props, remote_client, retarget_ops
+    from . import batch_ops, client, jobs, prefs, props, retarget_ops
     jobs.manager.shutdown()
-    client.shutdown_all()
-    remote_client.shutdown_all()
+    prefs.shutdown()  # stops a running "Set up backend" / "Convert model"
+    client.shutdown_all()  # local processes and remote connections
+    batch_ops.unregister()
     retarget_ops.unregister()
     props.unregister_properties()
     for cls in reversed(_classes()):

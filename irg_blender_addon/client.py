@@ -1,4 +1,4 @@
-"""The backend process: start it, talk docs/protocol.md to it, notice when it dies.
+"""The backend process: start it, talk docs/protocol.md to it, notice when it dies or hangs.
 
 Plain Python (no bpy), so it runs and is tested anywhere. The backend runs in its
 own Python environment (torch, transformers) as a subprocess: requests go to its
@@ -6,19 +6,36 @@ stdin, one JSON object per line; a reader thread parses its stdout into a queue
 that `poll()` drains without blocking; its stderr goes to a log file whose tail
 explains a crash.
 
-One client per (python, model folder, device, precision) lives in a module-level
-registry (`get_client`), so a second Generate reuses the loaded model.
+Management, all driven from `poll()` (the jobs call it every pump):
+- one work request at a time: `send()` writes a work request at once when none
+  runs, else keeps it in a local queue and writes it when the running one ends
+  (so a cancel, a crash or a hang concerns exactly one request);
+- hung detection: while a work request runs and nothing arrives for
+  `hang_timeout` seconds the client pings; no `pong` within `pong_timeout` (or no
+  handshake within `load_timeout` of the start) means hung: the process is killed
+  and one `error` event (`backend_hung`, id null) says so with the log's tail;
+- a dead or hung backend is restarted by the next request (`ensure_started`).
+
+One client per configuration lives in a module-level registry: `client_for(settings)`
+returns a local `BackendClient` (python, model folder, device, precision) or, when
+the settings carry a server URL, a `remote_client.RemoteBackendClient`; a second
+Generate reuses the loaded model. Every backend stops when the add-on is
+unregistered (`shutdown_all`) and when Python exits (atexit).
 """
 from __future__ import annotations
 
 import atexit
+import collections
 import hashlib
 import itertools
 import os
 import queue
+import signal
 import subprocess
 import tempfile
 import threading
+import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +49,11 @@ FIX_MODEL = ("convert a checkpoint with `irg-motion convert`, or build a test mo
              "IRG Motion > Model Folder")
 
 STATES = ("stopped", "starting", "ready", "dead")
+WORK_TYPES = ("generate", "critique", "refine", "caption", "encode", "decode")
+HANG_TIMEOUT_S = 30.0    # silence while a request runs before the client pings
+PONG_TIMEOUT_S = 15.0    # a ping unanswered this long means hung
+LOAD_TIMEOUT_S = 900.0   # loading 5 GB of weights from a slow disk stays well under this
+LOG_MAX_BYTES = 4 << 20  # a log larger than this is started afresh
 
 
 class BackendError(RuntimeError):
@@ -74,8 +96,23 @@ def diagnose_exit(python: Path, returncode: int | None, tail: str) -> str:
         if f"No module named '{package}'" in tail:
             return (f"The Python at {python} lacks {package}, so it is not the backend environment: "
                     f"{FIX_PYTHON}.")
+    if returncode is not None and returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = "an unknown signal"
+        return (f"The backend process was killed by signal {-returncode} ({name}): by the system (out of "
+                "memory?) or by another program. Generate again to restart it; if it happens again, use a "
+                "smaller precision (nf4) or the CPU device.")
     return (f"The backend process stopped (exit status {returncode}). "
-            "Its log below says why; check the model folder and device settings.")
+            "Its log below says why; check the model folder and device settings, then generate again "
+            "to restart it.")
+
+
+def _done_cancelled(request_id: Any) -> dict[str, Any]:
+    """The `done` the backend sends for a cancelled queued request (docs/protocol.md)."""
+    return {"event": "done", "id": request_id, "motions": 0, "stop_reason": "cancelled",
+            "tokens_generated": 0, "elapsed_s": 0.0, "warnings": []}
 
 
 class BackendClient:
@@ -89,8 +126,13 @@ class BackendClient:
         self.device = device
         self.precision = precision
         self.log_path = Path(log_path) if log_path else default_log_path(self.key)
+        self.hang_timeout = HANG_TIMEOUT_S
+        self.pong_timeout = PONG_TIMEOUT_S
+        self.load_timeout = LOAD_TIMEOUT_S
         self.ready_info: dict[str, Any] | None = None
         self.returncode: int | None = None
+        self.restarts = 0  # how many times a dead backend was started again
+        self.watchdog_pings = 0  # pings sent because a request went quiet
         self._state = "stopped"
         self._proc: subprocess.Popen | None = None
         self._events: queue.Queue[dict[str, Any]] = queue.Queue()
@@ -98,6 +140,19 @@ class BackendClient:
         self._ready_event = threading.Event()
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
+        self._log_offset = 0
+        self._reset_requests()
+
+    def _reset_requests(self) -> None:
+        """Forget the running and queued requests and the watchdog (a new or stopped process)."""
+        self._inflight: str | None = None
+        self._inflight_since = 0.0
+        self._pending: collections.deque[dict[str, Any]] = collections.deque()
+        self._pings: dict[str, threading.Event] = {}
+        self._watch_ping: str | None = None
+        self._watch_ping_at = 0.0
+        self._last_event_at = time.monotonic()
+        self._started_at = time.monotonic()
 
     @property
     def key(self) -> tuple[str, str, str, str]:
@@ -114,6 +169,16 @@ class BackendClient:
         """The backend's process id while it runs."""
         return self._proc.pid if self._proc is not None and self._state in ("starting", "ready") else None
 
+    @property
+    def busy(self) -> bool:
+        """True while a work request runs or waits in the local queue."""
+        return self._inflight is not None or bool(self._pending)
+
+    @property
+    def queued(self) -> int:
+        """Work requests waiting behind the running one."""
+        return len(self._pending)
+
     def validate(self) -> None:
         """Check the Python and the model folder before spawning anything (BackendError)."""
         validate_python(self.python)
@@ -127,11 +192,13 @@ class BackendClient:
     def start(self) -> None:
         """Validate, then spawn the backend; the `ready` handshake arrives later via poll()."""
         self.validate()
+        if self._state == "dead":
+            self.restarts += 1
         self.stop()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
         env.pop("PYTHONHOME", None)  # Blender's PYTHONHOME would break another Python
-        with open(self.log_path, "wb") as log:
+        with self._open_log() as log:
             try:
                 # cwd is the log folder so `-m` never picks up packages from Blender's cwd.
                 self._proc = subprocess.Popen(
@@ -144,10 +211,26 @@ class BackendClient:
         self._ready_event = threading.Event()
         self.ready_info = None
         self.returncode = None
+        self._reset_requests()
         self._state = "starting"
         self._reader = threading.Thread(target=self._read, args=(self._proc,), daemon=True,
                                         name="irg-motion-backend-reader")
         self._reader.start()
+
+    def _open_log(self):
+        """The log opened for appending a new run (a header line marks it); started afresh when large.
+
+        Earlier runs stay above, so "Show backend log" still shows why a previous one died."""
+        try:
+            too_big = self.log_path.stat().st_size > LOG_MAX_BYTES
+        except OSError:
+            too_big = False
+        log = open(self.log_path, "wb" if too_big else "ab")
+        stamp = datetime.now().isoformat(timespec="seconds")
+        log.write(f"=== {stamp} starting the backend: {' '.join(self.command())}\n".encode())
+        log.flush()
+        self._log_offset = log.tell()
+        return log
 
     def ensure_started(self) -> None:
         """Start the backend unless it is already starting or ready (reuses the process)."""
@@ -155,36 +238,159 @@ class BackendClient:
             return
         self.start()
 
+    def restart(self) -> None:
+        """Stop the backend (whatever it was doing) and start a new one."""
+        self.stop()
+        self.start()
+
     def new_id(self, prefix: str = "r") -> str:
         """A request id unique within this client."""
         return f"{prefix}{next(self._ids)}"
 
     def send(self, request: dict[str, Any]) -> str:
-        """Write one request (an `id` is added if missing); returns its id."""
+        """Send one request (an `id` is added if missing); returns its id.
+
+        A work request waits in the local queue while another one runs; a `cancel` of a
+        queued request drops it and answers `done` (cancelled) like the backend would."""
         if self._proc is None or self._proc.stdin is None or self._state not in ("starting", "ready"):
             raise BackendError(f"The backend is not running (state {self._state}): generate again to restart it.")
         request = dict(request)
         request.setdefault("id", self.new_id())
+        kind = request.get("type")
+        if kind in WORK_TYPES:
+            if self._inflight is None:
+                self._write_work(request)
+            else:
+                self._pending.append(request)
+        elif kind == "cancel" and self._drop_pending(request.get("target")):
+            pass
+        else:
+            self._write(request)
+        return request["id"]
+
+    def _write(self, request: dict[str, Any]) -> None:
         line = (protocol.dumps(request) + "\n").encode("utf-8")
+        proc = self._proc
         try:
             with self._lock:
-                self._proc.stdin.write(line)
-                self._proc.stdin.flush()
-        except (BrokenPipeError, OSError, ValueError):
+                proc.stdin.write(line)
+                proc.stdin.flush()
+        except (AttributeError, BrokenPipeError, OSError, ValueError):
             # The reader thread reports the death with the log tail; nothing more to say here.
             raise BackendError("The backend process closed its input: it has stopped. "
                                + self.death_message()) from None
-        return request["id"]
+
+    def _write_work(self, request: dict[str, Any]) -> None:
+        self._write(request)
+        self._inflight = request["id"]
+        self._inflight_since = time.monotonic()
+
+    def _drop_pending(self, target: Any) -> bool:
+        for request in self._pending:
+            if request["id"] == target:
+                self._pending.remove(request)
+                self._events.put(_done_cancelled(target))
+                return True
+        return False
 
     def poll(self, max_events: int = 100) -> list[dict[str, Any]]:
-        """Up to max_events parsed events, without blocking."""
+        """Up to max_events parsed events, without blocking; also runs the queue and the watchdog."""
+        self._watch()
         out: list[dict[str, Any]] = []
         while len(out) < max_events:
             try:
-                out.append(self._events.get_nowait())
+                event = self._events.get_nowait()
             except queue.Empty:
                 break
+            self._track(event)
+            out.append(event)
         return out
+
+    def _track(self, event: dict[str, Any]) -> None:
+        """Keep one request running: the next queued one goes out when the running one ends."""
+        kind, event_id = event.get("event"), event.get("id")
+        if event_id is None and kind == "error" and self._state == "dead":
+            self._inflight = None
+            for request in self._pending:  # they were never sent: each gets the same answer
+                self._events.put(protocol.error_event(event.get("code", "backend_exited"),
+                                                      str(event.get("message", "")), request["id"]))
+            self._pending.clear()
+        elif kind in ("done", "error") and event_id is not None and event_id == self._inflight:
+            self._inflight = None
+            while self._pending and self._inflight is None:
+                request = self._pending.popleft()
+                try:
+                    self._write_work(request)
+                except BackendError as exc:
+                    self._events.put(protocol.error_event("backend_exited", str(exc), request["id"]))
+
+    # -- watchdog --------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        """Declare the backend hung when it neither loads nor answers (see the module docstring)."""
+        now = time.monotonic()
+        if self._state == "starting" and self._proc is not None and now - self._started_at > self.load_timeout:
+            self._hung(f"it did not finish loading the model within {self.load_timeout:g} s")
+            return
+        if self._state != "ready" or self._inflight is None:
+            self._watch_ping = None
+            return
+        if self._watch_ping is not None:
+            answered = self._pings.get(self._watch_ping)
+            if answered is not None and answered.is_set():
+                self._pings.pop(self._watch_ping, None)
+                self._watch_ping = None  # alive, just slow: the pong reset the quiet time
+            elif now - self._watch_ping_at > self.pong_timeout:
+                quiet = now - max(self._last_event_at, self._inflight_since)
+                self._hung(f"nothing came for {quiet:.0f} s while it was working on a request, and it did not "
+                           f"answer a ping within {self.pong_timeout:g} s")
+            return
+        if now - max(self._last_event_at, self._inflight_since) > self.hang_timeout:
+            ping_id = self.new_id("watchdog-")
+            self._pings[ping_id] = threading.Event()
+            try:
+                self._write({"type": "ping", "id": ping_id})
+            except BackendError:
+                return  # it is dying: the reader reports that
+            self._watch_ping, self._watch_ping_at = ping_id, now
+            self.watchdog_pings += 1
+
+    def _hung(self, why: str) -> None:
+        """Kill a backend that stopped answering; one `error` event (id null) says so."""
+        proc = self._proc
+        pid = proc.pid if proc is not None else None
+        self._state = "dead"  # before the kill: the reader then adds no second error
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            try:
+                proc.wait(5.0)
+            except subprocess.TimeoutExpired:
+                pass
+        self.returncode = proc.returncode if proc is not None else None
+        message = (f"The backend (pid {pid}) stopped answering: {why}. It was stopped; generate again to "
+                   "restart it. If this happens again, check the device and memory settings and the log.")
+        tail = self.log_tail(12)
+        if tail:
+            message += f"\nLast lines of the backend log ({self.log_path}):\n{tail}"
+        self._events.put(protocol.error_event("backend_hung", message, None))
+        self._ready_event.set()
+
+    def ping(self, timeout: float = 5.0) -> float:
+        """Round-trip time of a `ping` in seconds; BackendError when not ready or no `pong` in time."""
+        if self._state != "ready":
+            what = "still loading the model" if self._state == "starting" else self._state
+            raise BackendError(f"The backend is not ready ({what}): wait for it, or generate to start it.")
+        ping_id = self.new_id("ping-")
+        answered = self._pings[ping_id] = threading.Event()
+        started = time.monotonic()
+        try:
+            self._write({"type": "ping", "id": ping_id})
+            if not answered.wait(timeout):
+                raise BackendError(f"The backend (pid {self.pid}) did not answer a ping within {timeout:g} s: "
+                                   "it is busy with a long step or hung. Wait, or press Restart.")
+        finally:
+            self._pings.pop(ping_id, None)
+        return time.monotonic() - started
 
     def wait_ready(self, timeout: float = 600.0) -> dict[str, Any]:
         """Block until the handshake (for scripts and tests); BackendError on failure.
@@ -202,6 +408,7 @@ class BackendClient:
     def stop(self, timeout: float = 2.0) -> None:
         """Ask the backend to exit, then terminate or kill it if it lingers."""
         proc, self._proc = self._proc, None
+        self._reset_requests()
         if proc is None:
             self._state = "stopped"
             return
@@ -231,15 +438,15 @@ class BackendClient:
         self._state = "stopped"
 
     def log_tail(self, n: int = 20) -> str:
-        """The last n lines of the backend's stderr log ('' if there is none)."""
+        """The last n lines the current (or last) backend process wrote to its log ('' if none)."""
         try:
             with open(self.log_path, "rb") as fh:
                 fh.seek(0, os.SEEK_END)
-                fh.seek(max(0, fh.tell() - 64_000))
+                fh.seek(max(self._log_offset, fh.tell() - 64_000))
                 lines = fh.read().decode("utf-8", "replace").splitlines()
         except OSError:
             return ""
-        return "\n".join(lines[-n:])
+        return "\n".join(lines[-n:]) if n > 0 else ""
 
     def death_message(self) -> str:
         """Why the backend died and how to fix it, with the tail of its log."""
@@ -248,6 +455,22 @@ class BackendClient:
         if tail:
             text += f"\nLast lines of the backend log ({self.log_path}):\n{tail}"
         return text
+
+    def status_text(self) -> str:
+        """One line for the panel: state, process, model and queue."""
+        if self._state == "ready":
+            info = self.ready_info or {}
+            model, device = info.get("model") or {}, info.get("device") or {}
+            text = (f"Ready (pid {self.pid}): {model.get('name', '?')} on {device.get('type', '?')} "
+                    f"({device.get('precision', '?')})")
+            if self.busy:
+                text += f", working; {self.queued} queued"
+            return text
+        if self._state == "starting":
+            return f"Loading the model (pid {self.pid})..."
+        if self._state == "dead":
+            return "Stopped unexpectedly: the next request restarts it (Show Log says why)."
+        return "Not running: it starts on the first request."
 
     # -- reader thread -------------------------------------------------------------
 
@@ -259,7 +482,13 @@ class BackendClient:
                     event = protocol.loads(raw)
                 except protocol.ProtocolError:
                     continue  # a stray print on stdout is not an event
-                if event.get("event") == "ready":
+                if proc is self._proc:
+                    self._last_event_at = time.monotonic()
+                kind = event.get("event")
+                if kind == "pong" and event.get("id") in self._pings:
+                    self._pings[event["id"]].set()  # our own ping: nobody else waits for it
+                    continue
+                if kind == "ready":
                     self._handshake(proc, event)
                 self._events.put(event)
         except (OSError, ValueError):  # stop() closed the pipe under us
@@ -267,7 +496,7 @@ class BackendClient:
         returncode = proc.wait()
         if proc is self._proc:  # not stopped on purpose (stop() forgets the process first)
             self.returncode = returncode
-            if self._state != "dead":  # a refused handshake has already said why
+            if self._state != "dead":  # a refused handshake or the watchdog has already said why
                 self._state = "dead"
                 self._events.put(protocol.error_event("backend_exited", self.death_message(), None,
                                                       returncode=returncode))
@@ -312,28 +541,63 @@ def default_log_path(key: tuple[str, ...]) -> Path:
 def get_client(python, model_dir, device: str = "auto", precision: str = "auto") -> BackendClient:
     """The registry's client for this configuration, validated (BackendError) but not started.
 
-    Starting a different configuration stops the others: only one model stays in memory."""
+    Starting a different configuration stops the others (and any remote connection):
+    only one model stays in memory."""
     key = registry_key(python, model_dir, device, precision)
     validate_python(key[0])
     validate_model_dir(key[1])
     client = _clients.get(key)
     if client is None:
-        for other_key in list(_clients):
-            _clients.pop(other_key).stop()
+        _stop_local()
+        _remote().shutdown_all()
         client = _clients[key] = BackendClient(key[0], key[1], device, precision)
     return client
 
 
-def running_clients() -> list[BackendClient]:
-    """Clients whose process is starting or ready."""
-    return [c for c in _clients.values() if c.state in ("starting", "ready")]
+def client_for(settings):
+    """The client for merged Settings: a RemoteBackendClient when `settings.server_url` is set
+    (its token from `settings.server_token`), else the local process of get_client().
+
+    Validated (BackendError naming the fix) but not started or connected."""
+    url = (getattr(settings, "server_url", "") or "").strip()
+    if url:
+        remote = _remote()
+        client = remote.get_remote_client(url, getattr(settings, "server_token", "") or None)
+        _stop_local()
+        return client
+    return get_client(settings.backend_python, settings.model_dir, settings.device, settings.precision)
 
 
-def shutdown_all() -> None:
-    """Stop every backend (add-on unregister, Blender quit)."""
+def find_client(settings):
+    """The registry's client for these Settings if one exists (never creates, validates or starts one)."""
+    url = (getattr(settings, "server_url", "") or "").strip()
+    if url:
+        return next((c for c in _remote()._clients.values() if c.url == url), None)
+    return _clients.get(registry_key(settings.backend_python, settings.model_dir, settings.device,
+                                     settings.precision))
+
+
+def _remote():
+    from . import remote_client  # imports client: a module-level import here would be circular
+    return remote_client
+
+
+def _stop_local() -> None:
     while _clients:
         _, client = _clients.popitem()
         client.stop()
+
+
+def running_clients() -> list:
+    """Clients (local processes and remote connections) that are starting or ready."""
+    local = [c for c in _clients.values() if c.state in ("starting", "ready")]
+    return local + _remote().running_remote_clients()
+
+
+def shutdown_all() -> None:
+    """Stop every backend and disconnect every server (add-on unregister, Blender quit)."""
+    _stop_local()
+    _remote().shutdown_all()
 
 
 atexit.register(shutdown_all)

@@ -33,8 +33,9 @@ def registered():
 
 
 def addon_classes() -> list[type]:
-    from irg_blender_addon import operators, props, ui
-    return [*prefs.CLASSES, *props.CLASSES, *operators.CLASSES, *ui.CLASSES]
+    from irg_blender_addon import batch_ops, operators, props, retarget_ops, ui
+    return [*prefs.CLASSES, *props.CLASSES, *operators.CLASSES, *ui.CLASSES, *prefs.PANEL_CLASSES,
+            *retarget_ops.CLASSES, *batch_ops.CLASSES]
 
 
 def test_register_unregister_leaves_nothing_behind():

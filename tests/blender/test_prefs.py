@@ -1,0 +1,316 @@
+"""Preferences: merged settings with the server fields (the token never shown), local or remote
+backend, "Set up backend" through its operator (a real venv made with this Python, a real
+offline pip install of a stand-in backend project), "Convert model..." through its operator
+(the real converter in the backend Python), the task's log, and the preferences and Backend
+panel drawn in every state against a recording layout."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import bpy
+import pytest
+
+import irg_blender_addon
+from irg_blender_addon import client, prefs
+from irg_blender_addon.client import BackendError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# A PEP 517 backend inside the stand-in project: it zips the project's packages into a wheel,
+# so pip installs it offline. The packages stand in for the backend and its heavy dependencies.
+BUILD_BACKEND = '''\
+import base64, hashlib, pathlib, zipfile
+
+VERSION = "0.1.0"
+PACKAGES = ("model_backend", "torch", "transformers")
+
+
+def _digest(data):
+    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    root = pathlib.Path(__file__).parent
+    info = f"irg_motion-{VERSION}.dist-info"
+    files = {p.relative_to(root).as_posix(): p.read_bytes() for pkg in PACKAGES for p in (root / pkg).rglob("*.py")}
+    files[f"{info}/METADATA"] = f"Metadata-Version: 2.1\\nName: irg-motion\\nVersion: {VERSION}\\n".encode()
+    files[f"{info}/WHEEL"] = b"Wheel-Version: 1.0\\nGenerator: tests\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n"
+    name = f"irg_motion-{VERSION}-py3-none-any.whl"
+    lines = []
+    with zipfile.ZipFile(pathlib.Path(wheel_directory) / name, "w") as wheel:
+        for path, data in files.items():
+            wheel.writestr(path, data)
+            lines.append(f"{path},{_digest(data)},{len(data)}")
+        wheel.writestr(f"{info}/RECORD", "\\n".join(lines + [f"{info}/RECORD,,"]) + "\\n")
+    return name
+'''
+PYPROJECT = '''\
+[build-system]
+requires = []
+build-backend = "build_backend"
+backend-path = ["."]
+
+[project]
+name = "irg-motion"
+version = "0.1.0"
+'''
+STANDINS = {"model_backend": '__version__ = "0.1.0-standin"\n',
+            "torch": '__version__ = "2.13.0"\n\n\nclass version:\n    cuda = None\n',
+            "transformers": '__version__ = "5.24.0"\n'}
+
+
+class Recorder:
+    """A layout stand-in: records calls; every call returns itself (as in test_ui.py)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        def record(*args, **kwargs):
+            self.calls.append((name, args, kwargs))
+            return self
+        return record
+
+    def texts(self) -> str:
+        return "\n".join(kw.get("text", "") for name, _, kw in self.calls
+                         if name in ("label", "operator", "progress"))
+
+    def props(self) -> set[str]:
+        return {args[1] for name, args, _ in self.calls if name == "prop"}
+
+
+def check_calls(rec: Recorder) -> None:
+    functions = bpy.types.UILayout.bl_rna.functions
+    icons = {i.identifier for i in functions["label"].parameters["icon"].enum_items}
+    for name, args, kwargs in rec.calls:
+        assert name in functions, f"UILayout has no {name}()"
+        assert set(kwargs) <= {p.identifier for p in functions[name].parameters}, (name, kwargs)
+        assert kwargs.get("icon", "NONE") in icons, kwargs["icon"]
+        if name == "prop" and hasattr(args[0], "bl_rna"):  # a real property of real data
+            assert args[1] in args[0].bl_rna.properties, args[1]
+        if name == "template_list":
+            assert args[3] in args[2].bl_rna.properties and args[5] in args[4].bl_rna.properties
+
+
+def draw_prefs(p) -> Recorder:
+    layout = Recorder()
+    prefs.draw_preferences(layout, p)
+    check_calls(layout)
+    return layout
+
+
+def draw_backend_panel() -> Recorder:
+    layout = Recorder()
+    prefs.IRG_PT_backend.draw(types.SimpleNamespace(layout=layout), bpy.context)
+    check_calls(layout)
+    return layout
+
+
+@pytest.fixture()
+def addon(monkeypatch, tmp_path):
+    """The add-on registered and enabled (its preferences exist), no backend configured."""
+    for name in (prefs.ENV_PYTHON, prefs.ENV_MODEL, prefs.ENV_SERVER_URL, prefs.ENV_SERVER_TOKEN):
+        monkeypatch.delenv(name, raising=False)
+    bpy.ops.wm.read_homefile(use_empty=True)
+    irg_blender_addon.register()
+    panels = [c for c in prefs.PANEL_CLASSES if not c.is_registered]
+    for cls in panels:
+        bpy.utils.register_class(cls)
+    entry = bpy.context.preferences.addons.new()
+    entry.module = prefs.ADDON_ID
+    yield entry.preferences
+    prefs.tasks.shutdown()
+    prefs.tasks.task = None
+    client.shutdown_all()
+    bpy.context.preferences.addons.remove(entry)
+    for cls in reversed(panels):
+        bpy.utils.unregister_class(cls)
+    irg_blender_addon.unregister()
+
+
+@pytest.fixture()
+def offline_pip(monkeypatch):
+    """pip reads no configuration and no index: all it installs is local."""
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    for name in ("PIP_FIND_LINKS", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def standin_project(folder: Path) -> Path:
+    for package, init in STANDINS.items():
+        (folder / package).mkdir(parents=True)
+        (folder / package / "__init__.py").write_text(init)
+    (folder / "build_backend.py").write_text(BUILD_BACKEND)
+    (folder / "pyproject.toml").write_text(PYPROJECT)
+    return folder
+
+
+# -- settings ----------------------------------------------------------------------------------
+
+def test_server_settings_merge_and_the_token_never_shows(addon, monkeypatch):
+    secret = "tok-" + "x" * 30
+    monkeypatch.setenv(prefs.ENV_SERVER_URL, "tcp://env-host:7700")
+    monkeypatch.setenv(prefs.ENV_SERVER_TOKEN, secret)
+    s = prefs.get_settings()
+    assert (s.server_url, s.server_token, s.remote) == ("tcp://env-host:7700", secret, True)
+    assert secret not in repr(s) and "server_token" not in repr(s)
+    addon.server_url, addon.server_token = "  tcp://gpu-box:7701 ", "pref-" + "y" * 30
+    s = prefs.get_settings()
+    assert (s.server_url, s.server_token) == ("tcp://gpu-box:7701", "pref-" + "y" * 30)
+    assert prefs.get_settings(server_url="").remote is False  # a keyword still wins
+    # What callers passed before the server fields existed works unchanged.
+    s = prefs.get_settings(mode="direct", max_motion_tokens=4, seed=None, backend_python="/b/python")
+    assert (s.mode, s.max_motion_tokens, s.seed, s.backend_python) == ("direct", 4, None, "/b/python")
+    assert prefs.Settings("/p", "/m").generate_request("a jump")["prompt"] == "a jump"
+    assert addon.bl_rna.properties["server_token"].subtype == "PASSWORD"
+
+
+def test_client_for_picks_the_server_or_the_local_process(addon, tmp_path):
+    addon.server_url, addon.server_token = "tcp://127.0.0.1:9", "t" * 20  # the discard port: nothing listens
+    remote = client.client_for(prefs.get_settings())
+    assert type(remote).__name__ == "RemoteBackendClient" and "t" * 20 not in repr(remote)
+    assert client.find_client(prefs.get_settings()) is remote
+    with pytest.raises(BackendError, match="No IRG Motion server at 127.0.0.1:9"):
+        remote.wait_ready(10)
+    addon.server_url = "http://gpu-box"
+    with pytest.raises(BackendError, match="tcp://HOST:PORT"):
+        client.client_for(prefs.get_settings())
+    addon.server_url = ""
+    with pytest.raises(BackendError, match="backend Python is not set"):
+        client.client_for(prefs.get_settings())
+    assert client.find_client(prefs.get_settings()) is None
+
+
+def test_default_folder_and_source(addon):
+    env = prefs.default_env_dir()
+    assert env.name == "backend-env" and str(env).startswith(os.environ["BLENDER_USER_RESOURCES"])
+    assert prefs.default_backend_source() == str(ROOT)  # a checkout installs itself
+
+
+# -- set up backend ----------------------------------------------------------------------------
+
+def test_set_up_backend_builds_the_environment_and_uses_it(addon, offline_pip, tmp_path):
+    project = standin_project(tmp_path / "project")
+    env = tmp_path / "envs" / "backend-env"
+    addon.backend_source, addon.torch_build, addon.backend_env_dir = str(project), "skip", str(env)
+    assert bpy.ops.irg.setup_backend() == {"FINISHED"}
+    task = prefs.tasks.task
+    assert task.running and task.job.base_python == sys.executable
+    out = draw_prefs(addon)
+    assert "Set up backend: Creating environment" in out.texts() and "irg.cancel_task" in [
+        a[0] for n, a, _ in out.calls if n == "operator"]
+    assert not bpy.ops.irg.setup_backend.poll() and not bpy.ops.irg.convert_model.poll()
+    prefs.wait_task(240)
+    assert task.job.state == "done", task.error
+    python = env / "bin" / "python"
+    assert addon.backend_python == str(python)
+    assert task.message.startswith(f"Backend environment ready: {python} (stored in the preferences).")
+    ran = subprocess.run([str(python), "-c", "import model_backend; print(model_backend.__version__)"],
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path)  # not the checkout's
+    assert ran.stdout.strip() == "0.1.0-standin"
+    assert "Backend environment ready" in draw_prefs(addon).texts()
+
+    assert bpy.ops.irg.show_backend_log(source="TASK") == {"FINISHED"}
+    log = bpy.data.texts[prefs.LOG_TEXTS["TASK"]].as_string()
+    assert f"-m venv --prompt backend-env {env}.new" in log and "pip install" in log
+
+    assert bpy.ops.irg.setup_backend() == {"FINISHED"}  # a working environment is only checked
+    again = prefs.wait_task(120)
+    assert again.job.state == "done" and again is not task
+    assert [line for line in again.job.log_tail(100).splitlines() if line.startswith("$ ")][0].split()[2] == "-c"
+
+
+def test_set_up_backend_refuses_a_bad_source_at_once(addon, tmp_path):
+    addon.backend_source, addon.backend_env_dir = str(tmp_path / "nowhere"), str(tmp_path / "env")
+    addon.backend_python = "/keep/this/python"
+    with pytest.raises(RuntimeError, match=r"The backend source .*nowhere does not exist: choose the IRG Motion"):
+        bpy.ops.irg.setup_backend()
+    assert prefs.tasks.task.job.state == "failed" and addon.backend_python == "/keep/this/python"
+    assert not (tmp_path / "env").exists() and not (tmp_path / "env.new").exists()
+    assert "does not exist" in draw_prefs(addon).texts()
+
+
+# -- convert model -----------------------------------------------------------------------------
+
+@pytest.fixture()
+def pieces(backend_python, tmp_path) -> dict[str, Path]:
+    """What a user downloads, made from a fixture model: checkpoint, base config+tokenizer, VQ-VAE, stats."""
+    fx = tmp_path / "fx"
+    made = subprocess.run([str(backend_python), "-m", "model_backend", "make-fixture", str(fx), "--seed", "0"],
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"))
+    assert made.returncode == 0, made.stderr[-2000:]
+    start_id = json.loads((fx / "manifest.json").read_text())["motion_tokens"]["start_id"]
+    base = tmp_path / "base"
+    base.mkdir()
+    tokenizer = json.loads((fx / "llm/tokenizer.json").read_text())
+    tokenizer["added_tokens"] = [t for t in tokenizer["added_tokens"] if "Motion" not in t["content"]]
+    (base / "tokenizer.json").write_text(json.dumps(tokenizer))
+    shutil.copy(fx / "llm/tokenizer_config.json", base)
+    config = json.loads((fx / "llm/config.json").read_text())
+    config["vocab_size"] = start_id  # the base vocabulary, before the motion tokens
+    (base / "config.json").write_text(json.dumps(config))
+    shutil.copy(fx / "llm/model.safetensors", tmp_path / "irg_stage2.safetensors")
+    return {"checkpoint": tmp_path / "irg_stage2.safetensors", "base": base, "vqvae": fx / "vqvae.safetensors",
+            "mean": fx / "mean.npy", "std": fx / "std.npy"}
+
+
+def test_convert_model_makes_a_folder_and_uses_it(addon, backend_python, pieces, tmp_path):
+    addon.backend_python = str(backend_python)
+    out = tmp_path / "models" / "irg-stage2"
+    args = {k: str(v) for k, v in pieces.items()}
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    with pytest.raises(RuntimeError, match="exists and is not empty"):
+        bpy.ops.irg.convert_model(**args, out_dir=str(tmp_path / "full"), dtype="float32")
+    assert addon.model_dir == ""
+    assert bpy.ops.irg.convert_model(**args, out_dir=str(out), dtype="float32", token="hf_NotReallyUsed") == \
+        {"FINISHED"}
+    task = prefs.tasks.task
+    assert "hf_NotReallyUsed" not in " ".join(task.job.command())
+    prefs.wait_task(240)
+    assert task.job.state == "done", task.error
+    assert addon.model_dir == str(out) and (out / "manifest.json").is_file()
+    assert json.loads((out / "manifest.json").read_text())["stage"] == 2
+    assert task.message.startswith(f"Model converted: {out}")
+    assert "not the stock Gemma-2-2b-it tokenizer" in task.message  # the converter's warning is passed on
+    client.validate_model_dir(addon.model_dir)  # what Generate checks
+
+
+# -- drawing -----------------------------------------------------------------------------------
+
+def test_preferences_and_backend_panel_draw_in_every_state(addon, tmp_path):
+    out = draw_prefs(addon)
+    assert {"backend_python", "model_dir", "device", "precision", "server_url", "mode", "max_rounds",
+            "max_motion_tokens", "max_trace_tokens", "temperature", "top_p", "seed",
+            "show_setup_options"} <= out.props()
+    assert "server_token" not in out.props() and "backend_source" not in out.props()
+    assert "Set Up Backend" in out.texts() and "Convert Model..." in out.texts()
+    assert "Not running: it starts on the first request." in out.texts()
+    addon.show_setup_options = True
+    out = draw_prefs(addon)
+    assert {"backend_source", "torch_build", "torch_index_url", "backend_env_dir"} <= out.props()
+    assert f"Default folder: {prefs.default_env_dir()}" in out.texts()
+
+    addon.server_url, addon.server_token = "tcp://gpu-box:7700", "s" * 24
+    out = draw_prefs(addon)
+    assert "server_token" in out.props() and "backend_python" not in out.props()
+    assert "s" * 24 not in repr(out.calls)
+    panel = draw_backend_panel()
+    assert "Server" in panel.texts() and "Not running" in panel.texts()
+
+    addon.server_url = ""
+    panel = draw_backend_panel()
+    assert "Local process" in panel.texts() and "Start" in panel.texts() and "Log" in panel.texts()
+    addon.mode = "direct"
+    addon.max_motion_tokens = 2
+    ctx_broken = types.SimpleNamespace(layout=Recorder())
+    prefs.IRG_PT_backend.draw(ctx_broken, bpy.context)  # still fine with a half-configured backend
+    check_calls(ctx_broken.layout)

@@ -1,0 +1,269 @@
+"""Backend management against the real backend subprocess: a backend killed mid-stream or hung
+gives one clear error with its log and the next Generate restarts it; a slow backend that
+answers pings is kept; one request at a time with a local queue; ping, start, stop and the
+log from the operators; a remote server with a token; the Backend panel in every state."""
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import signal
+import subprocess
+import time
+import types
+
+import bpy
+import pytest
+
+from irg_blender_addon import batch, batch_ops, client, jobs, prefs, rig
+from irg_blender_addon.client import BackendError
+
+
+@pytest.fixture(scope="module", autouse=True)
+def extra_classes(registered_addon):
+    """The Backend panel and batch_ops on top of the add-on (until irg_blender_addon.register() does it)."""
+    mine = [c for c in prefs.PANEL_CLASSES if not c.is_registered]
+    for cls in mine:
+        bpy.utils.register_class(cls)
+    own_batch = not hasattr(bpy.types.Scene, "irg_batch")
+    if own_batch:
+        batch_ops.register()
+    yield
+    if own_batch:
+        batch_ops.unregister()
+    for cls in reversed(mine):
+        bpy.utils.unregister_class(cls)
+
+
+def local_client() -> client.BackendClient:
+    s = prefs.get_settings()
+    return client.get_client(s.backend_python, s.model_dir, s.device, s.precision)
+
+
+def start_long_generation() -> jobs.GenerateJob:
+    """Generate with a long reasoning trace (the fixture model writes 1300 tokens of text) and
+    return once the model is writing: mid-stream."""
+    bpy.context.scene.irg_motion.prompt = "a person runs in a circle"
+    assert bpy.ops.irg.generate() == {"FINISHED"}
+    job = jobs.manager.job
+    deadline = time.monotonic() + 120
+    while not job.trace:
+        assert job.pump(), job.status
+        assert time.monotonic() < deadline, "no text from the backend"
+        time.sleep(0.005)
+    return job
+
+
+def generate_fast(pump, addon_prefs) -> jobs.GenerateJob:
+    addon_prefs.mode, addon_prefs.max_motion_tokens = "direct", 3
+    bpy.context.scene.irg_motion.prompt = "a person walks"
+    assert bpy.ops.irg.generate() == {"FINISHED"}
+    return pump(jobs.manager.job, timeout=120)
+
+
+class Recorder:
+    """A layout stand-in: records calls; every call returns itself (as in tests/blender/test_ui.py)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        def record(*args, **kwargs):
+            self.calls.append((name, args, kwargs))
+            return self
+        return record
+
+    def texts(self) -> str:
+        return "\n".join(kw.get("text", "") for name, _, kw in self.calls if name in ("label", "operator"))
+
+
+def draw_backend_panel() -> str:
+    layout = Recorder()
+    prefs.IRG_PT_backend.draw(types.SimpleNamespace(layout=layout), bpy.context)
+    functions = bpy.types.UILayout.bl_rna.functions
+    icons = {i.identifier for i in functions["label"].parameters["icon"].enum_items}
+    for name, args, kwargs in layout.calls:
+        assert name in functions, name
+        assert set(kwargs) <= {p.identifier for p in functions[name].parameters}, (name, kwargs)
+        assert kwargs.get("icon", "NONE") in icons
+        if name == "prop" and hasattr(args[0], "bl_rna"):  # a real property of real data
+            assert args[1] in args[0].bl_rna.properties, args[1]
+        if name == "template_list":
+            assert args[3] in args[2].bl_rna.properties and args[5] in args[4].bl_rna.properties
+    return layout.texts()
+
+
+def test_backend_killed_mid_stream(scene, addon_prefs, pump, counts):
+    addon_prefs.mode, addon_prefs.max_trace_tokens = "interleaved", 1300
+    before = counts()
+    job = start_long_generation()
+    backend = job.client
+    pid = backend.pid
+    assert "Ready (pid" in draw_backend_panel()
+    os.kill(pid, signal.SIGKILL)
+    pump(job, timeout=60)
+    assert job.state == "error"
+    assert job.error.startswith("The backend process was killed by signal 9 (SIGKILL)")
+    assert "Generate again to restart it" in job.error
+    assert f"Last lines of the backend log ({backend.log_path}):" in job.error
+    rt = bpy.context.window_manager.irg_motion
+    assert rt.level == "ERROR" and rt.status == job.error and not rt.running
+    assert counts() == before  # nothing written
+    assert backend.state == "dead" and backend.pid is None
+    assert "Stopped unexpectedly: the next request restarts it" in draw_backend_panel()
+
+    again = generate_fast(pump, addon_prefs)
+    assert again.state == "done", again.status
+    assert again.client is backend and backend.state == "ready"
+    assert backend.pid not in (None, pid) and backend.restarts == 1
+    assert len(again.action_names) == 1
+    log = backend.log_path.read_text()
+    assert len(re.findall(r"^=== .* starting the backend: ", log, re.M)) >= 2  # the dead run's log is kept
+    assert "starting the backend" not in backend.log_tail(1000)  # the tail is the current run's
+
+
+def test_hung_backend_is_stopped_and_restarted(scene, addon_prefs, pump, counts):
+    addon_prefs.mode, addon_prefs.max_trace_tokens = "interleaved", 1300
+    backend = local_client()
+    backend.hang_timeout, backend.pong_timeout = 0.3, 0.5
+    before = counts()
+    job = start_long_generation()
+    pid = backend.pid
+    try:
+        os.kill(pid, signal.SIGSTOP)  # alive but frozen: no events, no pong
+        started = time.monotonic()
+        pump(job, timeout=30)
+        took = time.monotonic() - started
+    finally:
+        for sig in (signal.SIGCONT, signal.SIGKILL):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+    assert job.state == "error", job.status
+    assert job.error.startswith(f"The backend (pid {pid}) stopped answering: nothing came for ")
+    assert "did not answer a ping within 0.5 s" in job.error and "generate again to restart it" in job.error
+    assert took < 10 and backend.state == "dead" and backend.watchdog_pings == 1
+    assert counts() == before
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # killed and reaped
+
+    backend.hang_timeout, backend.pong_timeout = client.HANG_TIMEOUT_S, client.PONG_TIMEOUT_S
+    again = generate_fast(pump, addon_prefs)
+    assert again.state == "done" and backend.pid != pid, again.status
+
+
+def test_a_slow_backend_that_answers_pings_is_kept(scene, addon_prefs, pump):
+    backend = local_client()
+    backend.wait_ready(120)
+    pid, pings = backend.pid, backend.watchdog_pings
+    backend.hang_timeout, backend.pong_timeout = 0.0, 10.0  # ping whenever nothing is in flight
+    try:
+        addon_prefs.mode, addon_prefs.max_trace_tokens = "interleaved", 160
+        bpy.context.scene.irg_motion.prompt = "a person dances"
+        assert bpy.ops.irg.generate() == {"FINISHED"}
+        job = pump(jobs.manager.job, timeout=120)
+    finally:
+        backend.hang_timeout, backend.pong_timeout = client.HANG_TIMEOUT_S, client.PONG_TIMEOUT_S
+    assert job.state == "done", job.status
+    assert backend.watchdog_pings > pings and backend.pid == pid and backend.state == "ready"
+
+
+def collect(backend, until, timeout: float = 60.0) -> list[dict]:
+    events, deadline = [], time.monotonic() + timeout
+    while not any(until(e) for e in events):
+        assert time.monotonic() < deadline, events
+        events += backend.poll()
+        time.sleep(0.005)
+    return events
+
+
+def test_one_request_at_a_time_with_a_local_queue(scene):
+    backend = local_client()
+    backend.wait_ready(120)
+    ask = {"type": "generate", "prompt": "a person walks", "mode": "direct", "max_motion_tokens": 3}
+    first, second, third = (backend.send(ask) for _ in range(3))
+    assert backend.busy and backend.queued == 2  # written one at a time
+    assert backend.send({"type": "cancel", "target": third}) and backend.queued == 1
+    events = collect(backend, lambda e: e.get("id") == second and e["event"] in ("done", "error"))
+    order = [(e["event"], e["id"]) for e in events if e["event"] in ("ack", "done", "error")]
+    assert [step for step in order if step[1] != third] == [("ack", first), ("done", first), ("ack", second),
+                                                            ("done", second)]
+    answers = [e for e in events if e["id"] == third]
+    assert len(answers) == 1 and answers[0]["event"] == "done"  # answered here, never acked: it was not sent
+    assert answers[0]["stop_reason"] == "cancelled" and answers[0]["motions"] == 0
+    assert next(e for e in events if e["event"] == "ack" and e["id"] == second)["queued"] == 0
+    assert not backend.busy and backend.queued == 0
+
+
+def test_ping_start_stop_and_log_operators(scene, addon_prefs, pump, no_backends_left):
+    backend = local_client()
+    backend.wait_ready(120)
+    assert backend.status_text().startswith(f"Ready (pid {backend.pid}): ")
+    assert 0 < backend.ping(timeout=10) < 10
+    assert bpy.ops.irg.backend_ping() == {"FINISHED"}
+    assert bpy.ops.irg.show_backend_log() == {"FINISHED"}
+    text = bpy.data.texts[prefs.LOG_TEXTS["BACKEND"]].as_string()
+    assert text.startswith(f"# {backend.log_path}") and "starting the backend" in text
+    assert str(prefs.get_settings().model_dir) in text
+
+    assert bpy.ops.irg.backend_stop() == {"FINISHED"}
+    assert client.running_clients() == [] and backend.state == "stopped"
+    with pytest.raises(BackendError, match="not ready"):
+        backend.ping()
+    assert bpy.ops.irg.backend_ping() == {"CANCELLED"}  # a warning: not running
+    assert "Not running: it starts on the first request." in draw_backend_panel()
+
+    assert bpy.ops.irg.backend_start() == {"FINISHED"}  # warm up before the first Generate
+    warm = local_client()
+    assert warm.state in ("starting", "ready")
+    assert "Loading the model" in draw_backend_panel() or warm.state == "ready"
+    warm.wait_ready(120)
+    pid = warm.pid
+    job = generate_fast(pump, addon_prefs)
+    assert job.state == "done" and job.client is warm and warm.pid == pid  # kept warm, not restarted
+
+
+def test_a_batch_on_a_remote_server_with_a_token(scene, addon_prefs, backend_python, fixture_model, tmp_path,
+                                                  pump, no_backends_left):
+    token = secrets.token_urlsafe(24)
+    token_file = tmp_path / "token.txt"
+    token_file.write_text(token)
+    token_file.chmod(0o600)
+    server = subprocess.Popen(
+        [str(backend_python), "-m", "model_backend", "serve", "--listen", "127.0.0.1:0", "--token-file",
+         str(token_file), "--model", str(fixture_model), "--device", "cpu", "--precision", "fp32"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"))
+    try:
+        address, lines = None, []
+        while address is None:
+            line = server.stderr.readline()
+            assert line, "the server stopped:\n" + "".join(lines)
+            lines.append(line)
+            found = re.match(r"listening on (\S+)", line)
+            address = found and found.group(1)
+        addon_prefs.server_url, addon_prefs.server_token = f"tcp://{address}", token
+        addon_prefs.mode, addon_prefs.max_motion_tokens = "direct", 2
+        settings = prefs.get_settings()
+        assert settings.remote and token not in repr(settings)
+        remote = client.client_for(settings)
+        assert type(remote).__name__ == "RemoteBackendClient" and token not in repr(remote)
+        arm = rig.create_default_rig(bpy.context)
+        results = batch.bake_batch(arm, ["a person walks", "a person jumps"])
+        assert [r.status for r in results] == ["done", "done"], [r.error for r in results]
+        assert remote.state == "ready" and client.running_clients() == [remote]
+        assert "Server" in draw_backend_panel()
+        addon_prefs.server_token = "wrong-" + token
+        with pytest.raises(BackendError, match="refused the token"):
+            client.client_for(prefs.get_settings()).wait_ready(30)
+    finally:
+        addon_prefs.server_url, addon_prefs.server_token = "", ""
+        client.shutdown_all()
+        server.send_signal(signal.SIGINT)
+        try:
+            lines.append(server.communicate(timeout=30)[1])
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.communicate()
+    assert token not in "".join(lines)  # the server never prints it either
