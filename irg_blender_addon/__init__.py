@@ -18,18 +18,20 @@ def _classes() -> tuple:
 def register() -> None:
     """Register every class and attach the properties."""
     import bpy
-    from . import batch_ops, props, retarget_ops
+    from . import batch_ops, operators, props, retarget_ops
     for cls in _classes():
         bpy.utils.register_class(cls)
     props.register_properties()
     retarget_ops.register()
     batch_ops.register()  # after ui: its panel is a child of IRG_PT_generate
+    operators.register_keymaps()  # Esc cancels in the 3D View
 
 
 def unregister() -> None:
     """Stop the job and the backends, detach the properties, unregister every class."""
     import bpy
-    from . import batch_ops, client, jobs, prefs, props, retarget_ops
+    from . import batch_ops, client, jobs, operators, prefs, props, retarget_ops
+    operators.unregister_keymaps()
     jobs.manager.shutdown()
     prefs.shutdown()  # stops a running "Set up backend" / "Convert model"
     client.shutdown_all()  # local processes and remote connections

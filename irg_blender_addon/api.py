@@ -2,7 +2,20 @@
 
     from irg_blender_addon import api      # as an extension: from bl_ext.<repo>.irg_motion.irg_blender_addon import api
     versions = api.generate("a person jumps twice", model_dir="/models/irg", backend_python="/envs/irg/bin/python")
-    api.apply_motion("Armature", joints_hml3d)   # (T, 22, 3) metres, Y up, facing +Z
+    review = api.critique(versions[-1])           # {"assessment", "refinement", "satisfied"}
+    better = api.refine(versions[-1], "jump higher")  # [the new version], its parent recorded
+    words = api.caption(better[0])
+    api.refine(bpy.data.actions["hand_keyed_walk"], armature="Armature", prompt="a person walks")
+    api.apply_motion("Armature", joints_hml3d, preset="mixamo", foot_lock=True)  # (T, 22, 3) metres, Y up, facing +Z
+    api.bake_batch("Armature", ["a person walks", "a person waves"], track="IRG Batch", gap=10)
+
+apply_motion also takes the retarget options: preset ("auto", a preset id or a
+{joint: bone} map), root_mode ("root_motion", "in_place", "root_bone"),
+foot_lock and smoothing (booleans).
+
+Every call blocks until the backend answers (timeout= seconds) and takes the same
+keyword overrides as generate (model_dir, backend_python, device, precision, mode,
+rounds, max_motion_tokens, max_trace_tokens, temperature, top_p, seed).
 
 Settings not given here come from the add-on preferences, then from the
 environment (IRG_BACKEND_PYTHON, IRG_MODEL_DIR).
@@ -16,8 +29,9 @@ import numpy as np
 
 from . import actions, rig
 from .core import skeleton
-from .jobs import manager
-from .operators import start_generation
+from .jobs import BackendJob, manager
+from .batch import bake_batch  # noqa: F401  (public: api.bake_batch)
+from .operators import start_caption, start_critique, start_generation, start_refine
 
 # api keyword -> Settings field
 OPTION_NAMES = {"model_dir": "model_dir", "backend_python": "backend_python", "device": "device",
@@ -48,6 +62,35 @@ def _armature(armature, *, create: bool) -> bpy.types.Object | None:
     return found
 
 
+def _overrides(options: dict) -> dict:
+    """api keywords -> Settings overrides (TypeError naming the known ones)."""
+    unknown = set(options) - set(OPTION_NAMES)
+    if unknown:
+        raise TypeError(f"unknown option(s) {', '.join(sorted(unknown))}; known: {', '.join(OPTION_NAMES)}")
+    return {OPTION_NAMES[k]: v for k, v in options.items()}
+
+
+def _wait(job: BackendJob, timeout: float, what: str) -> BackendJob:
+    """Pump the job until it ends (what the UI timer does); GenerationError / TimeoutError."""
+    deadline = time.monotonic() + timeout
+    while job.pump():
+        if time.monotonic() > deadline:
+            job.cancel()
+            job.cancel()  # the second call stops the backend at once
+            raise TimeoutError(f"{what} did not finish within {timeout:.0f} s; kept {len(job.action_names)} "
+                               "version(s). Raise timeout= for the real model on CPU.")
+        time.sleep(0.01)
+    if job.state == "error":
+        raise GenerationError(job.error)
+    if job.state == "cancelled":
+        raise GenerationError(f"{what} was cancelled: {job.status}")
+    return job
+
+
+def _made(job: BackendJob) -> list[bpy.types.Action]:
+    return [bpy.data.actions[name] for name in job.action_names if name in bpy.data.actions]
+
+
 def generate(prompt: str, armature=None, *, timeout: float = 600.0, **options) -> list[bpy.types.Action]:
     """Generate motion for a prompt and key it on the armature; blocks until done.
 
@@ -57,23 +100,50 @@ def generate(prompt: str, armature=None, *, timeout: float = 600.0, **options) -
     (the target armature, else a default rig created when the first motion arrives).
     Raises ValueError (bad input), client.BackendError (backend or model missing),
     GenerationError (the backend failed or gave no motion) or TimeoutError."""
-    unknown = set(options) - set(OPTION_NAMES)
-    if unknown:
-        raise TypeError(f"unknown option(s) {', '.join(sorted(unknown))}; known: {', '.join(OPTION_NAMES)}")
+    overrides = _overrides(options)
     target = _armature(armature, create=False)
-    overrides = {OPTION_NAMES[k]: v for k, v in options.items()}
     job = start_generation(bpy.context, prompt, target, **overrides)
-    deadline = time.monotonic() + timeout
-    while job.pump():
-        if time.monotonic() > deadline:
-            job.cancel()
-            job.cancel()  # the second call stops the backend at once
-            raise TimeoutError(f"generation did not finish within {timeout:.0f} s; "
-                               f"kept {len(job.action_names)} version(s). Raise timeout= for the real model on CPU.")
-        time.sleep(0.01)
-    if job.state == "error":
-        raise GenerationError(job.error)
-    return [bpy.data.actions[name] for name in job.action_names if name in bpy.data.actions]
+    return _made(_wait(job, timeout, "generation"))
+
+
+def critique(version, *, armature=None, prompt: str | None = None, timeout: float = 600.0,
+             **options) -> dict:
+    """The model's assessment of a version (or any Action) and its proposed refinement instruction.
+
+    Returns {"assessment": str, "refinement": str, "satisfied": bool}; a version also
+    keeps them in its metadata. version: an Action or its name. An Action that is not
+    a version (hand-keyed, imported) is sampled on `armature` (an Object, a name, or
+    None: the target armature) and needs `prompt` (what the motion should show).
+    options as for generate. Raises ValueError, client.BackendError, GenerationError, TimeoutError."""
+    overrides = _overrides(options)
+    target = _armature(armature, create=False)
+    job = _wait(start_critique(bpy.context, version, armature=target, prompt=prompt, **overrides),
+                timeout, "critique")
+    return dict(job.result)
+
+
+def refine(version, instruction: str | None = None, *, armature=None, prompt: str | None = None,
+           timeout: float = 600.0, **options) -> list[bpy.types.Action]:
+    """Refine a version (or any Action) into a new version; returns [it] ([] when the model,
+    asked to decide itself, finds nothing to refine).
+
+    instruction None: the model assesses the motion and writes its own instruction. The new
+    version's metadata records parent (the given Action's name), source "refine", round
+    (the parent's + 1) and extra["instruction"]. armature / prompt as for critique (the
+    new version goes on the version's own armature when it still exists). options as for generate."""
+    overrides = _overrides(options)
+    target = _armature(armature, create=False)
+    job = start_refine(bpy.context, version, instruction, armature=target, prompt=prompt, **overrides)
+    return _made(_wait(job, timeout, "refinement"))
+
+
+def caption(version, *, armature=None, timeout: float = 600.0, **options) -> str:
+    """The model's description of a version (or any Action, sampled on `armature`); a version
+    also keeps it in its metadata ("caption"). options as for generate."""
+    overrides = _overrides(options)
+    target = _armature(armature, create=False)
+    job = _wait(start_caption(bpy.context, version, armature=target, **overrides), timeout, "caption")
+    return job.caption or ""
 
 
 def apply_motion(armature, joints, fps: float = 20.0, *, prompt: str = "applied motion", **options) -> bpy.types.Action:

@@ -377,10 +377,12 @@ def _after_load(_dummy=None) -> None:
 
 @bpy.app.handlers.persistent
 def _before_load(_dummy=None) -> None:
-    """A batch running when another file opens stops without touching the new file."""
+    """A job running when another file opens (a batch, a generate, a critique) stops without
+    touching the new file."""
     job = batch.current_job()
     if job is not None and job.running:
         job.abandon()
+    manager.abandon()
 
 
 CLASSES = (IRG_PG_batch_item, IRG_PG_batch, IRG_UL_batch_items, IRG_OT_batch_add, IRG_OT_batch_remove,

@@ -1,42 +1,103 @@
-"""A generation in progress: read the backend's events and apply them to the scene.
+"""Backend requests in progress: read their events and apply them to the scene.
 
-`GenerateJob.pump()` never blocks: it drains what the backend has sent so far,
-writes each complete motion as a new Action version, and mirrors status and
-trace onto the WindowManager for the panel. In the UI a `bpy.app.timers`
-function pumps it every 0.05 s; timers never run in background mode, so scripts
-(api.generate) and tests call pump() in a loop. Nothing touches the scene until
-a complete `motion` event arrives.
+A job's `pump()` never blocks: it drains what the backend has sent so far, applies
+it (new versions, metadata, the live preview) and mirrors status and trace onto
+the WindowManager for the panels. In the UI a `bpy.app.timers` function pumps the
+one running job every 0.05 s; timers never run in background mode, so scripts
+(api) and tests call pump() in a loop.
+
+- GenerateJob: a prompt -> one version per completed motion round.
+- RefineJob: a version (or any Action) plus an instruction -> one new version
+  whose parent is recorded.
+- CritiqueJob: the model's assessment and proposed instruction for an Action.
+- CaptionJob: the model's description of an Action.
+
+Live preview (GenerateJob/RefineJob with preview=True): `preview` events key ONE
+provisional Action ("~preview", no fake user, not a version) on the armature; the
+finished motion replaces it; cancel, error or a dead backend remove it and give
+the armature back the Action it played before. The preview's rotations are solved
+in a worker thread (pure numpy, on the rig's rest data read once on the main
+thread), so a pump only writes keys; at most one preview is keyed per
+PREVIEW_INTERVAL, the latest one.
 """
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 import traceback
+from dataclasses import dataclass, field
 from typing import Any
 
 import bpy
+import numpy as np
 
-from . import actions, props, rig
+from . import actions, compat, pose, props, retarget, rig, sampling
 from .client import BackendClient, BackendError
 from .core import protocol
 from .prefs import Settings
 
 TIMER_INTERVAL = 0.05
 SECTION_TITLES = {"analyze": "Analysis", "plan": "Plan", "assess": "Assessment", "caption": "Caption"}
+PREVIEW_NAME = "~preview"
+PREVIEW_MARK = "irg_preview"     # custom property on the provisional Action
+PREVIEW_INTERVAL = 0.25          # seconds between two preview writes (the backend sends one per 8 tokens)
+TEXT_BUDGET = 500                # text tokens a critique trace takes at most (analysis 300 + assessment 200)
+META_FIELDS = ("keep", "caption")  # version metadata the add-on sets beyond actions.UPDATABLE
 
 
-class GenerateJob:
-    """One prompt sent to the backend; the Actions it produced, in order.
+def set_meta(action: bpy.types.Action, **fields) -> None:
+    """Set `keep` (bool) or `caption` (str) in a version's metadata (ValueError for a non-version)."""
+    unknown = set(fields) - set(META_FIELDS)
+    if unknown:
+        raise TypeError(f"cannot set {', '.join(sorted(unknown))}; settable: {', '.join(META_FIELDS)}")
+    info = action.get(actions.NAMESPACE)
+    if info is None or not hasattr(info, "to_dict"):
+        raise ValueError(f"Action {action.name!r} is not an IRG Motion version")
+    for key, value in fields.items():
+        info[key] = bool(value) if key == "keep" else str(value)
 
-    armature_name None: the default rig is created (rig.ensure_armature) when the
-    first motion arrives, so a generation that fails leaves no new object behind."""
 
-    def __init__(self, client: BackendClient, armature_name: str | None, prompt: str, settings: Settings):
+def motion_source(action: bpy.types.Action, armature: bpy.types.Object | None = None) -> dict[str, Any]:
+    """The `{motion}` fields of a critique/refine/caption request for an Action.
+
+    A version's motion tokens when it has them; else the joints it was made from;
+    else (hand-keyed or imported animation) the Action sampled on `armature`
+    (sampling.py), which the backend encodes. ValueError when none of these works."""
+    info = actions.version_info(action)
+    if info.get("tokens"):
+        return {"tokens": [int(t) for t in info["tokens"]]}
+    if info and action.get(actions.JOINTS_KEY) is not None:
+        joints, _contacts = actions.source_motion(action)
+        return {"joints": protocol.encode_array(joints.astype(np.float32)), "fps": float(info.get("src_fps", 20.0))}
+    if armature is None:
+        raise ValueError(f"Action {action.name!r} is not an IRG Motion version: select the armature it animates, "
+                         "so it can be sampled.")
+    sampled = sampling.sample_action(armature, action)
+    return {"joints": protocol.encode_array(sampled.joints.astype(np.float32)), "fps": float(sampled.fps)}
+
+
+def sampling_fields(settings: Settings) -> dict[str, Any]:
+    """The sampling fields every model-written request shares."""
+    return {"temperature": settings.temperature, "top_p": settings.top_p, "seed": settings.seed,
+            "max_new_tokens": settings.max_trace_tokens}
+
+
+def _latest_previews(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The events minus the previews that a later preview of the same request supersedes."""
+    last = {e.get("id"): i for i, e in enumerate(events) if e.get("event") == "preview"}
+    return [e for i, e in enumerate(events) if e.get("event") != "preview" or last[e.get("id")] == i]
+
+
+class BackendJob:
+    """One request sent to the backend, its events applied by pump(). Subclasses say what
+    to send (`request`) and handle their events in `_on_<event>` methods."""
+
+    kind = "job"
+
+    def __init__(self, client: BackendClient, settings: Settings):
         self.client = client
-        self.armature_name = armature_name
-        self.prompt = prompt.strip()
         self.settings = settings
-        self.mode = settings.mode
         self.state = "new"  # new, running, done, error, cancelled
         self.status = ""
         self.error = ""
@@ -44,41 +105,49 @@ class GenerateJob:
         self.assessment = ""
         self.progress = 0.0
         self.warnings: list[str] = []
-        self.action_names: list[str] = []
+        self.action_names: list[str] = []  # versions this job wrote, in order
         self.request_id: str | None = None
-        self.fell_back = False
         self.started_at = 0.0
+        self.edits = 0            # scene changes so far (the UI timer pushes an undo step for each)
+        self.edit_message = ""
         self._section = ""
-        self._round_tokens = 0
-        self._request_motions = 0
-        self._actions_by_round: dict[int, str] = {}
-        self._assessments: dict[int, dict[str, Any]] = {}
+        self._text_tokens = 0
         self._cancel_sent = False
+        self._open = False        # our request has not ended yet
+        self._published: dict[str, Any] = {}
 
     @property
     def running(self) -> bool:
         return self.state == "running"
 
+    def request(self) -> dict[str, Any]:
+        """The request to send (docs/protocol.md)."""
+        raise NotImplementedError
+
+    def working_text(self) -> str:
+        return "Working..."
+
     def start(self) -> None:
-        """Start (or reuse) the backend and send the generate request; BackendError if it cannot."""
-        if not self.prompt:
-            raise ValueError("The prompt is empty: describe the motion to generate.")
+        """Start (or reuse) the backend and send the request; BackendError if it cannot."""
         loading = self.client.state != "ready"
         self.client.ensure_started()
         self.started_at = time.monotonic()
         self.state = "running"
-        self._send(self.mode)
-        self._set_status("Loading the model..." if loading else "Generating...")
+        self._send()
+        self._set_status("Loading the model..." if loading else self.working_text())
+        self._publish()
 
     def pump(self, max_events: int = 64) -> bool:
         """Apply up to max_events backend events to the scene; True while the job runs."""
         if not self.running:
             return False
-        for event in self.client.poll(max_events):
-            self._apply(event)
+        for event in _latest_previews(self.client.poll(max_events)):
+            self._apply_safely(event)
             if not self.running:
                 break
         self._publish()
+        if self.running:
+            self._idle()  # last: a worker it starts then runs while Blender draws, not while we publish
         return self.running
 
     def cancel(self) -> None:
@@ -93,15 +162,38 @@ class GenerateJob:
             self.client.send({"type": "cancel", "target": self.request_id})
             self._cancel_sent = True
             self._set_status("Cancelling...")
+            self._publish()
         except BackendError:
             self._finish("cancelled", "Cancelled.")
 
+    def abandon(self) -> None:
+        """End now without waiting for the backend (another file is opening): its request is
+        cancelled, its late events are ignored, the live preview is removed."""
+        if not self.running:
+            return
+        if self._open and self.client.state in ("starting", "ready"):
+            with contextlib.suppress(BackendError):
+                self.client.send({"type": "cancel", "target": self.request_id})
+        self._finish("cancelled", "Cancelled: another file was opened.")
+
     def fail(self, message: str) -> None:
-        """End the job with an error message (the status line shows it)."""
+        """End the job with an error message (the status line shows it); stop our request."""
+        if self._open and self.client.state in ("starting", "ready"):
+            with contextlib.suppress(BackendError):
+                self.client.send({"type": "cancel", "target": self.request_id})
         self.error = message
         self._finish("error", message)
 
     # -- events ----------------------------------------------------------------------
+
+    def _apply_safely(self, event: dict[str, Any]) -> None:
+        try:
+            self._apply(event)
+        except ValueError as exc:  # the scene refused the result (e.g. a rig it cannot key): say why
+            self.fail(str(exc))
+        except Exception as exc:  # a bug: end the job visibly instead of leaving it running
+            traceback.print_exc()
+            self.fail(f"Internal error while applying the backend's events: {exc}")
 
     def _apply(self, event: dict[str, Any]) -> None:
         kind, event_id = event.get("event"), event.get("id")
@@ -109,23 +201,23 @@ class GenerateJob:
             model = event.get("model") or {}
             device = event.get("device") or {}
             self._set_status(f"Model {model.get('name', '?')} loaded on {device.get('type', '?')} "
-                             f"({device.get('precision', '?')}); generating...")
+                             f"({device.get('precision', '?')}); {self.working_text().lower()}")
         elif kind == "error" and (event_id is None or event_id == self.request_id):
+            self._open = False
             self._on_error(event)
         elif event_id != self.request_id:
             return  # a late event of an earlier (cancelled) request
-        elif kind == "text":
-            self._on_text(event)
-        elif kind == "motion_tokens":
-            self._round_tokens += len(event.get("tokens") or ())
-            self.progress = min(1.0, self._round_tokens / max(1, self.settings.max_motion_tokens))
-            self._set_status(f"Round {event.get('round', 1)}: {self._round_tokens} motion tokens")
-        elif kind == "motion":
-            self._on_motion(event)
-        elif kind == "assessment":
-            self._on_assessment(event)
         elif kind == "done":
-            self._on_done(event)
+            self._open = False
+            self.warnings.extend(str(w) for w in event.get("warnings") or ())
+            if event.get("stop_reason") == "cancelled" or self._cancel_sent:
+                self._finish("cancelled", self._cancelled_text())
+            else:
+                self._on_done(event)
+        elif not self._cancel_sent:  # after Cancel nothing more is written, even what was already on its way
+            handler = getattr(self, f"_on_{kind}", None)  # _on_text, _on_motion, _on_assessment, ...
+            if handler is not None:
+                handler(event)
 
     def _on_text(self, event: dict[str, Any]) -> None:
         section = event.get("section", "other")
@@ -134,44 +226,250 @@ class GenerateJob:
             title = SECTION_TITLES.get(section)
             self.trace += ("\n" if self.trace else "") + (f"{title}: " if title else "")
         self.trace += event.get("delta", "")
+        self._text_tokens += 1
+        self.progress = max(self.progress, min(0.95, self._text_tokens / TEXT_BUDGET))
+
+    def _on_assessment(self, event: dict[str, Any]) -> dict[str, Any]:
+        info = {"assessment": str(event.get("assessment", "")), "refinement": str(event.get("refinement", "")),
+                "satisfied": bool(event.get("satisfied", False))}
+        self.assessment += ("\n" if self.assessment else "") + (
+            f"Round {event.get('round', 1)}: {info['assessment'] or '(no assessment)'}\n"
+            f"Refinement: {info['refinement'] or '(none)'}")
+        return info
+
+    def _on_error(self, event: dict[str, Any]) -> None:
+        self.fail(str(event.get("message") or f"backend error {event.get('code')}"))
+
+    def _on_done(self, event: dict[str, Any]) -> None:
+        """The request ended (not cancelled): finish the job."""
+        raise NotImplementedError
+
+    def _cancelled_text(self) -> str:
+        return "Cancelled."
+
+    def _idle(self) -> None:
+        """Work done once per pump after the events (e.g. a throttled preview)."""
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _send(self) -> None:
+        self._section = ""
+        self.request_id = self.client.send(self.request())
+        self._open = True
+
+    def _note_edit(self, message: str) -> None:
+        self.edits += 1
+        self.edit_message = message
+
+    def _set_status(self, text: str) -> None:
+        """Change the status line (the panel sees it at the end of the pump, or of start/cancel/finish)."""
+        self.status = text
+
+    def _finish(self, state: str, status: str) -> None:
+        self.state = state
+        self._open = False
+        self._cleanup()
+        if self.warnings and state == "done":
+            status += " Warnings: " + "; ".join(self.warnings)
+        self._set_status(status)
+        self._publish()
+
+    def _cleanup(self) -> None:
+        """Undo what must not outlive the job (the live preview)."""
+
+    def _publish(self) -> None:
+        """Mirror the job onto the WindowManager's runtime properties (only what changed)."""
+        rt = props.runtime()
+        if rt is None:
+            return
+        values = {"status": self.status, "running": self.running, "progress": self.progress, "trace": self.trace,
+                  "assessment": self.assessment, "job_kind": self.kind,
+                  "level": {"running": "RUNNING", "done": "DONE", "error": "ERROR",
+                            "cancelled": "CANCELLED"}.get(self.state, "IDLE")}
+        for name, value in values.items():
+            if self._published.get(name) != value:
+                setattr(rt, name, value)
+        self._published = values
+
+
+class PreviewSolver:
+    """Pose channels for preview joints, solved off the main thread.
+
+    The bone map and the retarget plan are read from the armature here, on the main
+    thread, once; `submit` then resamples and retargets in a worker thread (numpy
+    only: no bpy there) and `take` hands the channels back when they are ready. The
+    preview skips smoothing and foot locking: the finished version has them."""
+
+    def __init__(self, armature: bpy.types.Object):
+        rig.check_armature(armature)
+        found = retarget.bone_map(armature, "auto")
+        self.plan = retarget.make_plan(retarget.read_rest(armature), found.mapping, found.root_bone)
+        self.hips = self.plan.rig.bones[self.plan.pelvis]
+        self.dst_fps = pose.scene_fps()
+        self.frame_start = bpy.context.scene.frame_start
+        self._thread: threading.Thread | None = None
+        self._result: pose.PoseChannels | Exception | None = None
+
+    @property
+    def busy(self) -> bool:
+        """A solve is running."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def idle(self) -> bool:
+        """Nothing running and nothing solved waiting to be taken."""
+        return not self.busy and self._result is None
+
+    def submit(self, joints: np.ndarray, src_fps: float) -> None:
+        """Start solving (the caller checks `busy` first: one solve at a time)."""
+        self._result = None
+        self._thread = threading.Thread(target=self._solve, args=(joints, src_fps), daemon=True,
+                                        name="irg-motion-preview")
+        self._thread.start()
+
+    def take(self) -> pose.PoseChannels | None:
+        """The solved channels once (None while solving or when nothing was submitted); a solve error raises."""
+        if self.busy or self._result is None:
+            return None
+        result, self._result = self._result, None
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def _solve(self, joints: np.ndarray, src_fps: float) -> None:
+        try:
+            points = pose.resample(pose.check_joints(joints), float(src_fps), self.dst_fps)
+            out = retarget.retarget(self.plan, points, fps=self.dst_fps)
+            self._result = pose.PoseChannels(
+                frames=self.frame_start + np.arange(len(points), dtype=np.float64), bone_names=out.bone_names,
+                quaternions=out.quaternions, root_bone=self.hips, location=out.locations[self.hips],
+                fps=self.dst_fps, scale=out.scale, locations=out.locations)
+        except Exception as exc:  # handed to the main thread by take()
+            self._result = exc
+
+
+@dataclass
+class _Provisional:
+    """The live preview's Action and what to give back when it goes."""
+
+    action: str
+    armature: str
+    restore: str                                  # the Action the armature played before ("" for none)
+    modes: dict[str, str] = field(default_factory=dict)  # bones switched to quaternions -> their old mode
+
+
+class GenerateJob(BackendJob):
+    """One prompt sent to the backend; the Actions it produced, in order.
+
+    armature_name None: the default rig is created (rig.ensure_armature) when the
+    first motion (or preview) arrives; a job that ends without a version removes it
+    again, so a generation that fails leaves no new object behind."""
+
+    kind = "generate"
+
+    def __init__(self, client: BackendClient, armature_name: str | None, prompt: str, settings: Settings,
+                 *, preview: bool = False):
+        super().__init__(client, settings)
+        self.armature_name = armature_name
+        self.prompt = prompt.strip()
+        self.mode = settings.mode
+        self.preview = bool(preview)
+        self.fell_back = False
+        self.previews_received = 0   # preview events from the backend
+        self.previews_solved = 0     # handed to the solver (the latest one per preview_interval)
+        self.previews_written = 0    # keyed on the armature
+        self.preview_interval = PREVIEW_INTERVAL
+        self._round_tokens = 0
+        self._request_motions = 0
+        self._actions_by_round: dict[int, str] = {}
+        self._assessments: dict[int, dict[str, Any]] = {}
+        self._made_rig = False
+        self._provisional: _Provisional | None = None
+        self._pending_preview: dict[str, Any] | None = None
+        self._preview_at = 0.0
+        self._solver: PreviewSolver | None = None
+
+    def request(self) -> dict[str, Any]:
+        return {**self.settings.generate_request(self.prompt, self.mode), "preview": self.preview}
+
+    def working_text(self) -> str:
+        return "Generating..."
+
+    def start(self) -> None:
+        """As BackendJob.start; with preview, the rig's retarget plan is read first (ValueError if
+        the armature cannot be keyed: better said now than after the generation)."""
+        if not self.prompt:
+            raise ValueError("The prompt is empty: describe the motion to generate.")
+        armature = bpy.data.objects.get(self.armature_name or "")
+        if self.preview and armature is not None:
+            self._solver = PreviewSolver(armature)
+        super().start()
+
+    # -- events ----------------------------------------------------------------------
+
+    def _on_motion_tokens(self, event: dict[str, Any]) -> None:
+        self._round_tokens += len(event.get("tokens") or ())
+        self.progress = min(1.0, self._round_tokens / max(1, self.settings.max_motion_tokens))
+        self._set_status(f"{self._round_label(event)}: {self._round_tokens} motion tokens")
+
+    @property
+    def preview_pending(self) -> bool:
+        """A preview waits for its turn or is being solved."""
+        return self._pending_preview is not None or (self._solver is not None and not self._solver.idle)
+
+    def _on_preview(self, event: dict[str, Any]) -> None:
+        self.previews_received += 1
+        if self.preview:
+            self._pending_preview = event  # solved in _idle, after this pump's other events
 
     def _on_motion(self, event: dict[str, Any]) -> None:
         joints = protocol.decode_array(event["joints"])
-        rnd = int(event.get("round", 1))
         armature = self._armature()
         if armature is None:
             return
-        parent = bpy.data.actions.get(self.action_names[-1]) if self.action_names else None
-        pending = self._assessments.get(rnd, {})
+        self._pending_preview = None
+        self._solver = None  # a preview still being solved is dropped: the motion is final
+        self._restore_preview_modes()  # so write_version records the modes it changes itself
         model = (self.client.ready_info or {}).get("model") or {}
+        contacts = event.get("contacts")
         action = actions.write_version(
-            armature, joints, fps=float(event.get("fps", 20.0)), prompt=self.prompt, round=rnd,
-            tokens=tuple(int(t) for t in event.get("tokens") or ()),
-            assessment=pending.get("assessment", ""), refinement=pending.get("refinement", ""),
-            model=str(model.get("name", "")), seed=self.settings.seed, parent=parent, source="generate",
-            extra={"mode": self.mode, "backend_source": str(event.get("source", ""))})
+            armature, joints, fps=float(event.get("fps", 20.0)), model=str(model.get("name", "")),
+            tokens=tuple(int(t) for t in event.get("tokens") or ()), seed=self.settings.seed,
+            contacts=protocol.decode_array(contacts) if contacts else None, **self._version_fields(event))
+        self._drop_preview(restore=False)  # the new version plays now
         self.action_names.append(action.name)
-        self._actions_by_round[rnd] = action.name
+        self._actions_by_round[int(event.get("round", 1))] = action.name
         self._request_motions += 1
         self._round_tokens = 0
         self.progress = 1.0
-        self._set_status(f"Round {rnd}: wrote {action.name}")
+        self._note_edit(f"IRG Motion: {action.name}")
+        self._set_status(f"{self._round_label(event)}: wrote {action.name}")
 
-    def _on_assessment(self, event: dict[str, Any]) -> None:
+    def _version_fields(self, event: dict[str, Any]) -> dict[str, Any]:
+        """prompt, round, parent, source, assessment, refinement, extra of the version a motion event makes."""
         rnd = int(event.get("round", 1))
-        info = {"assessment": str(event.get("assessment", "")), "refinement": str(event.get("refinement", ""))}
+        pending = self._assessments.get(rnd, {})
+        return {"prompt": self.prompt, "round": rnd, "source": "generate",
+                "parent": self.action_names[-1] if self.action_names else None,
+                "assessment": pending.get("assessment", ""), "refinement": pending.get("refinement", ""),
+                "extra": {"mode": self.mode, "backend_source": str(event.get("source", ""))}}
+
+    def _round_label(self, event: dict[str, Any]) -> str:
+        return f"Round {event.get('round', 1)}"
+
+    def _on_assessment(self, event: dict[str, Any]) -> dict[str, Any]:
+        info = super()._on_assessment(event)
+        rnd = int(event.get("round", 1))
         self._assessments[rnd] = info
-        self.assessment = f"Assessment: {info['assessment']}\nRefinement: {info['refinement']}"
         action = bpy.data.actions.get(self._actions_by_round.get(rnd, ""))
         if action is not None:
-            actions.update_info(action, **info)
+            actions.update_info(action, assessment=info["assessment"], refinement=info["refinement"])
+            self._note_edit(f"IRG Motion: assessment of {action.name}")
+        return info
 
     def _on_done(self, event: dict[str, Any]) -> None:
-        self.warnings.extend(str(w) for w in event.get("warnings") or ())
         reason = event.get("stop_reason", "")
-        if reason == "cancelled":
-            self._finish("cancelled", f"Cancelled; kept {self._versions_text()}.")
-        elif self._request_motions == 0 and self._fall_back("the reasoning trace held no complete motion"):
+        if self._request_motions == 0 and self._fall_back("the reasoning trace held no complete motion"):
             return
         elif not self.action_names:
             self.fail(f"The model produced no motion (stop reason: {reason or 'unknown'}): "
@@ -185,7 +483,7 @@ class GenerateJob:
         if event.get("code") == "no_motion" and event.get("id") is not None \
                 and self._fall_back("the model produced no usable motion"):
             return
-        self.fail(str(event.get("message") or f"backend error {event.get('code')}"))
+        super()._on_error(event)
 
     def _fall_back(self, why: str) -> bool:
         """Re-ask once in direct mode after an interleaved trace without a motion."""
@@ -193,75 +491,285 @@ class GenerateJob:
             return False
         self.fell_back = True
         self.mode = "direct"
-        self._send("direct")
+        self._request_motions = 0
+        self._round_tokens = 0
+        self._send()
         self._set_status(f"Retrying in direct mode: {why}.")
         return True
 
-    # -- helpers ---------------------------------------------------------------------
+    # -- live preview ------------------------------------------------------------------
 
-    def _send(self, mode: str) -> None:
-        self._request_motions = 0
-        self._round_tokens = 0
-        self._section = ""
-        self.request_id = self.client.send(self.settings.generate_request(self.prompt, mode))
+    def _idle(self) -> None:
+        """Key a solved preview; hand the latest pending one to the solver, at most once per preview_interval."""
+        if self._cancel_sent:
+            return
+        try:
+            self._key_solved_preview()
+            self._submit_preview()
+        except ValueError as exc:  # a preview that cannot be keyed is skipped; the final motion will say why
+            self._pending_preview = None
+            self._set_status(f"Preview skipped: {exc}")
+
+    def _submit_preview(self) -> None:
+        event = self._pending_preview
+        if event is None or time.monotonic() - self._preview_at < self.preview_interval:
+            return
+        armature = self._armature()
+        if armature is None:
+            return
+        if self._solver is None:
+            self._solver = PreviewSolver(armature)
+        if self._solver.busy:
+            return
+        self._pending_preview = None
+        self._preview_at = time.monotonic()
+        self.previews_solved += 1
+        self._solver.submit(protocol.decode_array(event["joints"]), float(event.get("fps", 20.0)))
+
+    def _key_solved_preview(self) -> None:
+        channels = self._solver.take() if self._solver is not None else None
+        armature = bpy.data.objects.get(self.armature_name or "")
+        if channels is None or armature is None or armature.type != "ARMATURE":
+            return
+        prov = self._provisional
+        action = bpy.data.actions.get(prov.action) if prov is not None else None
+        if action is None:
+            anim = armature.animation_data
+            restore = anim.action.name if anim is not None and anim.action is not None else ""
+            action = compat.new_action(PREVIEW_NAME)
+            action[PREVIEW_MARK] = True
+            prov = self._provisional = _Provisional(action.name, armature.name, restore)
+        actions._key_channels(action, armature, channels, "LINEAR")
+        for name in channels.bone_names:
+            bone = armature.pose.bones[name]
+            if bone.rotation_mode != "QUATERNION":
+                prov.modes.setdefault(name, bone.rotation_mode)
+                bone.rotation_mode = "QUATERNION"
+        anim = armature.animation_data
+        if anim is None or anim.action != action:
+            compat.assign_action(armature, action)
+        self.previews_written += 1
+
+    def _restore_preview_modes(self) -> None:
+        prov = self._provisional
+        armature = bpy.data.objects.get(prov.armature) if prov is not None else None
+        if armature is None or armature.pose is None:
+            return
+        for name, mode in prov.modes.items():
+            bone = armature.pose.bones.get(name)
+            if bone is not None:
+                bone.rotation_mode = mode
+        prov.modes.clear()
+
+    def _drop_preview(self, *, restore: bool) -> None:
+        """Remove the provisional Action; with restore, the armature plays what it played before."""
+        self._pending_preview = None
+        self._solver = None
+        prov, self._provisional = self._provisional, None
+        if prov is None:
+            return
+        action = bpy.data.actions.get(prov.action)
+        armature = bpy.data.objects.get(prov.armature)
+        if restore and armature is not None and armature.type == "ARMATURE":
+            self._provisional = prov
+            self._restore_preview_modes()
+            self._provisional = None
+            anim = armature.animation_data
+            if anim is not None and (anim.action is None or anim.action == action):
+                compat.assign_action(armature, bpy.data.actions.get(prov.restore) if prov.restore else None)
+        if action is not None:
+            bpy.data.actions.remove(action)
+
+    def _cleanup(self) -> None:
+        self._drop_preview(restore=True)
+        if self._made_rig and not self.action_names:
+            self._remove_made_rig()
+
+    def _remove_made_rig(self) -> None:
+        obj = bpy.data.objects.get(self.armature_name or "")
+        if obj is None:
+            return
+        data = obj.data
+        bpy.data.objects.remove(obj)
+        if data is not None and data.users == 0:
+            bpy.data.armatures.remove(data)
+        self.armature_name, self._made_rig = None, False
+
+    # -- helpers ---------------------------------------------------------------------
 
     def _armature(self) -> bpy.types.Object | None:
         if self.armature_name is None:
             with window_context():  # making bones runs mode_set, which needs a window in a UI timer
-                armature = rig.ensure_armature(bpy.context)
+                found = rig.find_target_armature(bpy.context)
+                armature = found or rig.create_default_rig(bpy.context)
+            self._made_rig = found is None
             self.armature_name = armature.name
             return armature
         armature = bpy.data.objects.get(self.armature_name)
         if armature is None or armature.type != "ARMATURE":
-            self.client.send({"type": "cancel", "target": self.request_id})
             self.fail(f"The armature {self.armature_name!r} was deleted during the generation; "
                       "select an armature and generate again.")
             return None
         return armature
+
+    def _cancelled_text(self) -> str:
+        return f"Cancelled; kept {self._versions_text()}."
 
     def _versions_text(self) -> str:
         if not self.action_names:
             return "no versions"
         return f"{len(self.action_names)} version(s) ({', '.join(self.action_names)})"
 
-    def _set_status(self, text: str) -> None:
-        self.status = text
-        self._publish()
 
-    def _finish(self, state: str, status: str) -> None:
-        self.state = state
-        if self.warnings and state == "done":
-            status += " Warnings: " + "; ".join(self.warnings)
-        self._set_status(status)
+class RefineJob(GenerateJob):
+    """A version (or any Action) refined by the model: one new version, its parent recorded.
 
-    def _publish(self) -> None:
-        """Mirror the job onto the WindowManager's runtime properties for the panel."""
+    instruction None: the model assesses the motion and writes its own instruction."""
+
+    kind = "refine"
+
+    def __init__(self, client: BackendClient, armature_name: str, source_name: str, prompt: str,
+                 motion: dict[str, Any], settings: Settings, *, instruction: str | None = None,
+                 parent_round: int = 1, preview: bool = False):
+        super().__init__(client, armature_name, prompt, settings, preview=preview)
+        self.source_name = source_name
+        self.motion = motion
+        self.instruction = (instruction or "").strip() or None
+        self.parent_round = int(parent_round)
+        self.mode = "refine"
+        self.used_instruction = self.instruction or ""
+        self.source_assessment = ""
+
+    def request(self) -> dict[str, Any]:
+        return {"type": "refine", "prompt": self.prompt, **self.motion, "instruction": self.instruction,
+                "max_motion_tokens": self.settings.max_motion_tokens, "preview": self.preview,
+                **sampling_fields(self.settings)}
+
+    def working_text(self) -> str:
+        return f"Refining {self.source_name}..."
+
+    def _round_label(self, event: dict[str, Any]) -> str:
+        return f"Refining {self.source_name}"
+
+    def _on_assessment(self, event: dict[str, Any]) -> dict[str, Any]:
+        info = BackendJob._on_assessment(self, event)  # about the given motion: the parent
+        self.source_assessment = info["assessment"]
+        self.used_instruction = self.instruction or info["refinement"]
+        return info
+
+    def _version_fields(self, event: dict[str, Any]) -> dict[str, Any]:
+        return {"prompt": self.prompt, "round": self.parent_round + 1, "source": "refine",
+                "parent": self.source_name, "assessment": "", "refinement": "",
+                "extra": {"mode": "refine", "backend_source": str(event.get("source", "")),
+                          "instruction": self.used_instruction, "instruction_by": "user" if self.instruction
+                          else "model", "parent_assessment": self.source_assessment}}
+
+    def _on_done(self, event: dict[str, Any]) -> None:
+        reason = event.get("stop_reason", "")
+        if reason == "satisfied" and not self.action_names:
+            self._finish("done", f"The model finds {self.source_name} satisfactory (No refinements needed.): "
+                                 "nothing to refine. Write an instruction to refine it anyway.")
+        elif not self.action_names:
+            self.fail(f"The model produced no refined motion (stop reason: {reason or 'unknown'}): "
+                      "try another instruction or a temperature above 0.")
+        else:
+            elapsed = time.monotonic() - self.started_at
+            self._finish("done", f"Refined {self.source_name} in {elapsed:.1f} s: {self.action_names[-1]}.")
+
+
+class CritiqueJob(BackendJob):
+    """The model's assessment of an Action and its proposed refinement instruction.
+
+    A version keeps them in its metadata; the panel's instruction field gets the proposal."""
+
+    kind = "critique"
+
+    def __init__(self, client: BackendClient, action_name: str, prompt: str, motion: dict[str, Any],
+                 settings: Settings):
+        super().__init__(client, settings)
+        self.action_name = action_name
+        self.prompt = prompt.strip()
+        self.motion = motion
+        self.result: dict[str, Any] | None = None
+
+    def request(self) -> dict[str, Any]:
+        return {"type": "critique", "prompt": self.prompt, **self.motion, **sampling_fields(self.settings)}
+
+    def working_text(self) -> str:
+        return f"Critiquing {self.action_name}..."
+
+    def _on_assessment(self, event: dict[str, Any]) -> dict[str, Any]:
+        info = super()._on_assessment(event)
+        self.result = info
+        action = bpy.data.actions.get(self.action_name)
+        if action is not None and actions.version_info(action):
+            actions.update_info(action, assessment=info["assessment"], refinement=info["refinement"])
+            self._note_edit(f"IRG Motion: critique of {action.name}")
         rt = props.runtime()
-        if rt is None:
-            return
-        rt.status = self.status
-        rt.level = {"running": "RUNNING", "done": "DONE", "error": "ERROR",
-                    "cancelled": "CANCELLED"}.get(self.state, "IDLE")
-        rt.running = self.running
-        rt.progress = self.progress
-        rt.trace = self.trace
-        rt.assessment = self.assessment
+        if rt is not None:  # once, so the animator's edits to the instruction are never overwritten
+            rt.review_action, rt.review_assessment = self.action_name, info["assessment"]
+            rt.review_refinement = info["refinement"]
+            rt.instruction = "" if info["satisfied"] else info["refinement"]
+        return info
+
+    def _on_done(self, event: dict[str, Any]) -> None:
+        if self.result is None:
+            self.fail("The model wrote no assessment: raise Max Trace Tokens, or try again with a temperature above 0.")
+        elif self.result["satisfied"]:
+            self._finish("done", f"The model finds {self.action_name} satisfactory (No refinements needed.).")
+        else:
+            self._finish("done", f"Critique of {self.action_name} done: edit the instruction if you like, "
+                                 "then press Refine.")
+
+
+class CaptionJob(BackendJob):
+    """The model's description of an Action ("Describe motion"); a version keeps it in its metadata."""
+
+    kind = "caption"
+
+    def __init__(self, client: BackendClient, action_name: str, motion: dict[str, Any], settings: Settings):
+        super().__init__(client, settings)
+        self.action_name = action_name
+        self.motion = motion
+        self.caption: str | None = None
+
+    def request(self) -> dict[str, Any]:
+        return {"type": "caption", **self.motion, **sampling_fields(self.settings)}
+
+    def working_text(self) -> str:
+        return f"Describing {self.action_name}..."
+
+    def _on_caption(self, event: dict[str, Any]) -> None:
+        self.caption = str(event.get("text", ""))
+        action = bpy.data.actions.get(self.action_name)
+        if action is not None and actions.version_info(action):
+            set_meta(action, caption=self.caption)
+            self._note_edit(f"IRG Motion: caption of {action.name}")
+        rt = props.runtime()
+        if rt is not None:
+            rt.review_action, rt.caption = self.action_name, self.caption
+
+    def _on_done(self, event: dict[str, Any]) -> None:
+        if self.caption is None:
+            self.fail("The model wrote no description: try again with a temperature above 0.")
+        else:
+            self._finish("done", f"Described {self.action_name}.")
 
 
 class JobManager:
     """Holds the one running job and the timer that pumps it in the UI."""
 
     def __init__(self):
-        self.job: GenerateJob | None = None
+        self.job: BackendJob | None = None
 
     def busy(self) -> bool:
         """True while a job runs."""
         return self.job is not None and self.job.running
 
-    def start(self, job: GenerateJob, *, timer: bool = True) -> None:
+    def start(self, job: BackendJob, *, timer: bool = True) -> None:
         """Start the job (BackendError/ValueError if it cannot) and, in the UI, its timer."""
         if self.busy():
-            raise RuntimeError("A generation is already running: cancel it first.")
+            raise RuntimeError("IRG Motion is busy with another request: wait for it or press Cancel.")
         self.job = job
         job.start()
         if timer and not bpy.app.timers.is_registered(_tick):
@@ -272,12 +780,18 @@ class JobManager:
         if self.job is not None:
             self.job.cancel()
 
+    def abandon(self) -> None:
+        """End the running job at once, leaving the scene as it was before it (call from a load_pre handler)."""
+        if self.busy():
+            self.job.abandon()
+
     def shutdown(self) -> None:
         """Stop the timer and forget the job (add-on unregister)."""
         if bpy.app.timers.is_registered(_tick):
             bpy.app.timers.unregister(_tick)
         if self.busy():
             self.job.cancel()
+            self.job.cancel()  # the second call ends it now (its preview removed)
         self.job = None
 
 
@@ -285,19 +799,19 @@ manager = JobManager()
 
 
 def _tick() -> float | None:
-    """Timer callback: pump the job, redraw the panels; None ends the timer."""
+    """Timer callback: pump the job, push an undo step per scene change, redraw; None ends the timer."""
     job = manager.job
     if job is None:
         return None
-    written = len(job.action_names)
+    edits = getattr(job, "edits", 0)
     try:
         running = job.pump()
     except Exception as exc:  # a timer that raises is dropped silently: end the job visibly instead
         traceback.print_exc()
         job.fail(f"Internal error while applying the backend's events: {exc}")
         running = False
-    if len(job.action_names) > written:
-        _push_undo(f"IRG Motion: {job.action_names[-1]}")
+    if getattr(job, "edits", 0) > edits:
+        _push_undo(getattr(job, "edit_message", "") or "IRG Motion")
     _redraw()
     return TIMER_INTERVAL if running else None
 
@@ -311,7 +825,7 @@ def window_context():
 
 
 def _push_undo(message: str) -> None:
-    """An undo step for versions written by the timer (operators push their own; timers do not)."""
+    """An undo step for what the timer wrote (operators push their own; timers do not)."""
     if bpy.app.background:
         return
     try:
