@@ -42,7 +42,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the source checkout, or th
 DEVICES = (("auto", "Auto", "CUDA when available, else CPU"),
            ("cpu", "CPU", "Always run on the CPU (slow for the real model)"),
            ("cuda", "CUDA", "An NVIDIA GPU"))
-PRECISIONS = (("auto", "Auto", "4-bit NF4 on CUDA, fp32 on CPU"),
+PRECISIONS = (("auto", "Auto", "CUDA: BF16 when it fits comfortably, else 4-bit NF4; CPU: FP32, else NF4"),
               ("nf4", "NF4 (4-bit)", "About 2.2 GB of GPU memory; CUDA only"),
               ("int8", "INT8", "8-bit weights; CUDA only"),
               ("bf16", "BF16", "16-bit weights, about 5.2 GB"),

@@ -12,8 +12,11 @@ The `auto` rule, from the weight size estimated from config.json and the free me
     and the KV cache of a 1300-token trace), else nf4 when free >= 1.1 x the nf4
     weights, else InsufficientMemoryError. GPUs without native bf16 (before Ampere)
     use fp32 instead of bf16, and nf4 computes in fp32 there.
-  - CPU: bf16 when the CPU has native bf16 (AVX512-BF16 / AMX) and it fits
-    comfortably, else fp32 when it fits comfortably, else the smallest mode that fits.
+  - CPU: fp32 when it fits comfortably, else nf4 when it fits, else InsufficientMemoryError.
+    Not bf16, even with native bf16: torch 2.13's CPU decode in bf16 measured slower than
+    fp32 (2-core AMX machine, benchmarks/engine.py: 1.5 vs 2.4 tokens/s for the 2B model,
+    a bf16 mat-vec 7.9 ms against 1.9 ms) and less stable; nf4 was the fastest (5.5
+    tokens/s) and smallest, so it is the fallback and worth choosing explicitly.
 """
 from __future__ import annotations
 
@@ -126,15 +129,12 @@ def pick_precision(requested: str, device_type: str, free_bytes: int, sizes: dic
             return "nf4", (f"nf4: {big} needs {COMFORT} x {_gb(sizes[big])} but only {free_txt}; "
                            f"4-bit weights take {_gb(sizes['nf4'])}")
         raise _no_fit("auto", sizes, free_bytes, free_txt)
-    preferred = "bf16" if native_bf16 else "fp32"
-    if _fits(sizes[preferred], free_bytes, COMFORT):
-        reason = ("this CPU has native bf16 (AVX512-BF16/AMX): fast, and half the size of fp32" if native_bf16
-                  else "this CPU has no native bf16, so fp32 is faster than bf16")
-        return preferred, f"{preferred}: {reason}; {_gb(sizes[preferred])} of weights, {free_txt}"
-    fitting = _fitting_modes({m: sizes[m] for m in ("bf16", "nf4")}, free_bytes)
-    if fitting:
-        mode = fitting[-1]  # the largest that fits: the least quantisation
-        return mode, f"{mode}: {preferred} needs {COMFORT} x {_gb(sizes[preferred])} but only {free_txt}"
+    if _fits(sizes["fp32"], free_bytes, COMFORT):
+        return "fp32", (f"fp32: full precision, and faster than bf16 on the CPU; {_gb(sizes['fp32'])} of weights, "
+                        f"{free_txt} (nf4 is faster still on the CPU: choose it to trade a little accuracy)")
+    if _fits(sizes["nf4"], free_bytes):
+        return "nf4", (f"nf4: fp32 needs {COMFORT} x {_gb(sizes['fp32'])} but only {free_txt}; "
+                       f"4-bit weights take {_gb(sizes['nf4'])} and decode fastest on the CPU")
     raise _no_fit("auto", sizes, free_bytes, free_txt)
 
 
