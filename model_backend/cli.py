@@ -382,7 +382,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise CliError(f"the model produced no motion (stop reason: {reason}); try another --seed with "
                        "--temperature 0.8, or --mode direct", EXIT_NO_RESULT)
     chosen = _pick_round(motions, args.version)
-    write_npz(out, motion_arrays(chosen, args.prompt))
+    arrays = motion_arrays(chosen, args.prompt)
+    write_npz(out, arrays)
+    if args.bvh:
+        _report(write_motion_bvh(_output_path(args.bvh), arrays["joints"].astype(np.float64), float(arrays["fps"]),
+                                 arrays["contacts"].astype(np.float64), foot_lock=args.foot_lock, smooth=False,
+                                 source="the generated motion"), args.json)
     for motion in motions:
         _report(_describe_motion(motion) + ("  <- written" if motion is chosen else ""), args.json)
     for item in sink.of("assessment"):
@@ -543,26 +548,33 @@ def _motion_file(path: str, fps: float | None, axes: str) -> tuple[np.ndarray, f
     return joints.astype(np.float64), fps if fps is not None else HUMANML3D.fps, contacts
 
 
-def cmd_to_bvh(args: argparse.Namespace) -> int:
+def write_motion_bvh(out: Path, joints: np.ndarray, fps: float, contacts: np.ndarray | None, *,
+                     foot_lock: bool, smooth: bool, source: str) -> str:
+    """Solve rotations for HumanML3D joints and write them as a BVH; returns a one-line summary."""
     from .bvh import write_bvh
     from .footlock import lock_feet
     from .smoothing import savgol
     from .solver import solve
 
-    out = _output_path(args.out)
-    joints, fps, contacts = _motion_file(args.motion, args.fps, args.axes)
     if contacts is not None and len(contacts) != len(joints):
         contacts = None  # not the contacts of these frames: detect from the positions alone
     try:
-        if args.smooth:
+        if smooth:
             joints = savgol(joints)
-        if args.foot_lock:
+        if foot_lock:
             joints = lock_feet(joints, HUMANML3D, contacts=contacts, fps=fps)
         write_bvh(out, solve(joints, HUMANML3D), fps)
     except ValueError as exc:
-        raise CliError(f"cannot convert {args.motion}: {exc}") from None
-    print(f"wrote {out}: {len(joints)} frames at {fps:g} fps, {HUMANML3D.num_joints} joints"
-          + (", feet locked" if args.foot_lock else "") + (", smoothed" if args.smooth else ""))
+        raise CliError(f"cannot convert {source} to BVH: {exc}") from None
+    return (f"wrote {out}: {len(joints)} frames at {fps:g} fps, {HUMANML3D.num_joints} joints"
+            + (", feet locked" if foot_lock else "") + (", smoothed" if smooth else ""))
+
+
+def cmd_to_bvh(args: argparse.Namespace) -> int:
+    out = _output_path(args.out)
+    joints, fps, contacts = _motion_file(args.motion, args.fps, args.axes)
+    print(write_motion_bvh(out, joints, fps, contacts, foot_lock=args.foot_lock, smooth=args.smooth,
+                           source=args.motion))
     return 0
 
 
@@ -790,6 +802,12 @@ def _common_parents() -> dict[str, argparse.ArgumentParser]:
     return {"verbose": verbose, "model": model, "motion": motion, "sampling": sampling}
 
 
+def _add_foot_lock(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--foot-lock", action=argparse.BooleanOptionalAction, default=True,
+                     help="BVH output: pin feet during ground contacts (two-bone leg IK) before solving "
+                          "(default on; --no-foot-lock keeps the positions exactly)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `irg-motion` argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
@@ -827,6 +845,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = _subparser(subs, "generate", "text to motion; writes an .npz", [v, model, sampling], cmd_generate)
     sub.add_argument("prompt", metavar="PROMPT", help="what the motion should show")
     sub.add_argument("--out", required=True, metavar="FILE.npz", help="output file (written atomically)")
+    sub.add_argument("--bvh", metavar="FILE.bvh", default=None,
+                     help="also write the motion as a BVH on the default SMPL-proportioned skeleton")
+    _add_foot_lock(sub)
     sub.add_argument("--mode", choices=("interleaved", "direct", "stage1_loop"), default="interleaved",
                      help="interleaved reasoning trace (default), direct (one motion), or stage1_loop")
     sub.add_argument("--rounds", type=int, default=5, metavar="N", help="most motions (refinement rounds), default 5")
@@ -880,8 +901,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="frame rate (default: the .npz's, else 20)")
     sub.add_argument("--axes", choices=("humanml3d", "blender"), default="humanml3d",
                      help="axes of the joints: humanml3d (Y up, facing +Z; default) or blender (Z up, facing -Y)")
-    sub.add_argument("--foot-lock", action="store_true",
-                     help="pin feet during ground contacts (two-bone leg IK) before solving")
+    _add_foot_lock(sub)
     sub.add_argument("--smooth", action="store_true",
                      help="Savitzky-Golay smoothing of the positions (window 11, order 5) before solving")
     _add_convert(subs, v)

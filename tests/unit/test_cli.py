@@ -228,13 +228,13 @@ def _bvh_joints(path: Path) -> tuple[np.ndarray, float]:
 def test_to_bvh_reproduces_real_joints_and_foot_lock_moves_only_legs(humanml3d_dir, tmp_path, capsys):
     joints = np.load(humanml3d_dir / "012314_joints.npy")
     np.save(tmp_path / "j.npy", joints)
-    assert main(["to-bvh", str(tmp_path / "j.npy"), "--out", str(tmp_path / "a.bvh")]) == 0
+    assert main(["to-bvh", str(tmp_path / "j.npy"), "--no-foot-lock", "--out", str(tmp_path / "a.bvh")]) == 0
     positions, fps = _bvh_joints(tmp_path / "a.bvh")
     assert fps == pytest.approx(20.0) and positions.shape == joints.shape
     assert np.abs(positions - joints).max() < 1e-4  # metres: the BVH is the motion, exactly
 
     np.save(tmp_path / "jb.npy", to_blender(joints))
-    assert main(["to-bvh", str(tmp_path / "jb.npy"), "--axes", "blender", "--fps", "30", "--foot-lock",
+    assert main(["to-bvh", str(tmp_path / "jb.npy"), "--axes", "blender", "--fps", "30",  # locked by default
                  "--out", str(tmp_path / "b.bvh")]) == 0
     locked, fps = _bvh_joints(tmp_path / "b.bvh")
     assert fps == pytest.approx(30.0)
@@ -251,3 +251,21 @@ def test_to_bvh_takes_fps_from_a_generated_npz(model, tmp_path):
     assert main(["to-bvh", str(out), "--out", str(tmp_path / "m.bvh")]) == 0
     positions, fps = _bvh_joints(tmp_path / "m.bvh")
     assert fps == pytest.approx(20.0) and positions.shape == (12, 22, 3)
+
+
+def test_generate_writes_a_bvh_with_feet_locked(model, tmp_path, capsys):
+    def run(name: str, *flags: str) -> np.ndarray:
+        assert main(["generate", "a person walks", "--model", str(model), "--mode", "direct",
+                     "--max-motion-tokens", "6", "--out", str(tmp_path / f"{name}.npz"),
+                     "--bvh", str(tmp_path / f"{name}.bvh"), *flags]) == 0
+        positions, fps = _bvh_joints(tmp_path / f"{name}.bvh")
+        assert fps == pytest.approx(20.0)
+        return positions
+    locked = run("locked")
+    assert "feet locked" in capsys.readouterr().out
+    free = run("free", "--no-foot-lock")
+    assert "feet locked" not in capsys.readouterr().out
+    with np.load(tmp_path / "free.npz") as data:
+        assert free.shape == data["joints"].shape
+    upper = [0, 3, 6, 9, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21]  # foot locking moves only the legs
+    assert np.abs(locked[:, upper] - free[:, upper]).max() < 1e-4
