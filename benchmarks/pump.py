@@ -6,7 +6,8 @@ UI for that long. This script runs the product's path headless (bpy, the add-on,
 real backend subprocess with the tiny fixture model, direct mode, live preview on),
 pumps like the UI timer does, times every pump() and prints a markdown table: all
 pumps, then split by what the pump did (token and text events only, a preview
-write, the final version write). The goal: no single pump over 10 ms.
+write, the motion event that starts the version's solve in a worker, the final
+version write from the solved channels). The goal: no single pump over 10 ms.
 
 Two streams:
 - live: the backend as fast as it goes. The warm fixture model streams 49 tokens
@@ -127,12 +128,14 @@ def timed_run(settings: dict, preview: bool, replay: ReplayClient | None = None)
         running = True
         while running:
             kinds.clear()
-            previews, versions = job.previews_written, len(job.action_names)
+            previews, versions, solving = job.previews_written, len(job.action_names), job.version_pending
             t0 = time.perf_counter()
             running = job.pump()
             dt = time.perf_counter() - t0
             if len(job.action_names) > versions:
                 what = "final version write"
+            elif job.version_pending and not solving:
+                what = "motion (solve started)"
             elif job.previews_written > previews:
                 what = "preview write"
             else:
@@ -182,7 +185,8 @@ def main() -> None:
         timed_run(settings, preview)  # warm-up: first-call costs of the model and of Blender
         live = [s for _ in range(args.runs) for s in timed_run(settings, preview)]
         events, info = record(settings)
-        paced = [s for _ in range(args.runs) for s in timed_run(settings, preview, ReplayClient(events, info, args.pace))]
+        replay = ReplayClient(events, info, args.pace)
+        paced = [s for _ in range(args.runs) for s in timed_run(settings, preview, replay)]
         irg_blender_addon.unregister()
     finally:
         shutil.rmtree(temp, ignore_errors=True)
@@ -198,7 +202,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for stream, samples in (("live", live), (f"paced, {args.pace:g} tokens/s", paced)):
         print(row(stream, "all", [dt for dt, _ in samples]))
-        for what in ("idle", "events only", "preview write", "final version write"):
+        for what in ("idle", "events only", "preview write", "motion (solve started)", "final version write"):
             print(row(stream, what, [dt for dt, w in samples if w == what]))
 
 

@@ -5,7 +5,8 @@ Metadata lives in the Action's ID properties under `action["irg"]` (saved with t
 parent version's Action name), source, slug, version, serial (creation order in
 the file), created (ISO time, UTC), fps, src_fps, frames, frame_start, frame_end,
 armature, armature_id, scale, rotation_mode_changed, extra (a dict), and the
-retarget options: preset (the rig preset id used), root_mode, foot_lock, smoothing.
+retarget options: preset (the rig preset id used), root_mode, foot_lock, smoothing;
+and, set later by the user or the model, keep (bool) and caption (text).
 The source joints (Blender axes, at src_fps) are kept beside them, under
 `action["irg_joints"]` (and the contact channels under `action["irg_contacts"]`
 when given), so a version can be applied to another armature (`apply_version`).
@@ -19,7 +20,7 @@ import re
 import unicodedata
 import uuid
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Mapping
 
 import bpy
 import numpy as np
@@ -30,7 +31,9 @@ NAMESPACE = "irg"
 RIG_ID = "irg_rig_id"
 JOINTS_KEY, CONTACTS_KEY = "irg_joints", "irg_contacts"
 SLUG_MAX = 40
-UPDATABLE = ("prompt", "round", "tokens", "assessment", "refinement", "model", "seed", "parent", "source", "extra")
+UPDATABLE = ("prompt", "round", "tokens", "assessment", "refinement", "model", "seed", "parent", "source", "extra",
+             "keep", "caption")
+_LATER_FIELDS = {"keep": bool, "caption": str}  # updatable fields a new version does not take
 
 
 def slugify(prompt: str, max_len: int = SLUG_MAX) -> str:
@@ -120,8 +123,10 @@ def _next_name(armature: bpy.types.Object, slug: str) -> tuple[int, str]:
     return number, f"{slug}.v{number:03d}"
 
 
-def _key_channels(action: bpy.types.Action, armature: bpy.types.Object, channels: pose.PoseChannels,
-                  interpolation: str) -> None:
+def key_channels(action: bpy.types.Action, armature: bpy.types.Object, channels: pose.PoseChannels,
+                 interpolation: str = "LINEAR") -> None:
+    """Write the channels as keys on `action` for `armature` (one F-Curve per channel, in bulk;
+    existing keys on those F-Curves are replaced). The armature's bones are not changed."""
     specs, series = [], []
     for b, name in enumerate(channels.bone_names):
         path = f'pose.bones["{bpy.utils.escape_identifier(name)}"]'
@@ -139,6 +144,30 @@ def _key_channels(action: bpy.types.Action, armature: bpy.types.Object, channels
         compat.write_keys(fcurve, channels.frames, values, interpolation)
 
 
+def _check_channels(armature: bpy.types.Object, channels: pose.PoseChannels, *, preset, root_mode: str,
+                    foot_lock: bool, smoothing: bool) -> None:
+    """ValueError unless pre-solved channels fit the armature and the retarget options given with them."""
+    fix = "solve them for this armature (pose.plan_channels + pose.solve_channels) with the same options"
+    missing = [n for n in channels.bone_names if n not in armature.pose.bones]
+    if missing:
+        raise ValueError(f"The channels key bones that armature {armature.name!r} does not have "
+                         f"({', '.join(missing[:5])}{'...' if len(missing) > 5 else ''}): {fix}.")
+    count = len(channels.frames)
+    if count < 1 or np.shape(channels.quaternions) != (count, len(channels.bone_names), 4) or any(
+            np.shape(v) != (count, 3) for v in (channels.location, *channels.locations.values())):
+        raise ValueError(f"The channels are inconsistent ({count} frames, quaternions "
+                         f"{np.shape(channels.quaternions)} for {len(channels.bone_names)} bones): {fix}.")
+    given = {"root_mode": root_mode, "foot_lock": bool(foot_lock), "smoothing": bool(smoothing)}
+    solved = {"root_mode": channels.root_mode, "foot_lock": channels.foot_lock, "smoothing": channels.smoothing}
+    if isinstance(preset, Mapping):
+        given["preset"], solved["preset"] = {j: b for j, b in preset.items() if b}, channels.mapping
+    elif preset not in (None, "auto"):
+        given["preset"], solved["preset"] = preset, channels.preset
+    differ = [f"{k}={solved[k]!r} (given {given[k]!r})" for k in given if given[k] != solved[k]]
+    if differ:
+        raise ValueError(f"The channels were solved with other retarget options: {', '.join(differ)}; {fix}.")
+
+
 def _use_quaternions(armature: bpy.types.Object, names) -> list[str]:
     """Set the bones' rotation mode to QUATERNION; the names of those that were not."""
     changed = []
@@ -154,7 +183,8 @@ def write_version(armature: bpy.types.Object, joints_blender, *, fps: float = 20
                   tokens=(), assessment: str = "", refinement: str = "", model: str = "", seed: int | None = None,
                   parent=None, source: str = "generate", extra: dict | None = None,
                   interpolation: str = "LINEAR", preset: str | dict | None = "auto", root_mode: str = "root_motion",
-                  foot_lock: bool = False, smoothing: bool = False, contacts=None) -> bpy.types.Action:
+                  foot_lock: bool = False, smoothing: bool = False, contacts=None,
+                  channels: pose.PoseChannels | None = None) -> bpy.types.Action:
     """Key joints (T, 22, 3; Blender axes, metres, at `fps`) as a new version, made the active Action.
 
     Name `{slug}.v{NNN}` (never overwrites an Action), fake user set, frame range set, the
@@ -162,15 +192,26 @@ def write_version(armature: bpy.types.Object, joints_blender, *, fps: float = 20
     Retarget options (see pose.joints_to_channels): preset ("auto", a preset id or
     {joint: bone}), root_mode ("root_motion", "in_place", "root_bone"), foot_lock,
     smoothing, contacts ((T, 4) contact channels for foot locking, optional).
+    channels: the channels already solved from these joints with these options
+    (pose.solve_channels, e.g. in a worker thread): keyed as they are, after a check
+    that they fit the armature and the options (ValueError otherwise).
     Keyed bones not in quaternion mode are switched to it (listed in the metadata's
     rotation_mode_changed). All or nothing: on any error the half-made Action is
     removed and the previous active Action, rotation modes and scene range are restored."""
     rig.check_armature(armature)
     rig.ensure_pose(armature)
     fields = _fields(prompt, round, tokens, assessment, refinement, model, seed, parent, source, extra)
-    channels = pose.joints_to_channels(armature, joints_blender, src_fps=fps, preset=preset, root_mode=root_mode,
-                                       foot_lock=foot_lock, smoothing=smoothing, contacts=contacts)  # validates
-    source_joints = np.asarray(joints_blender, dtype=np.float64)
+    if channels is None:
+        channels = pose.joints_to_channels(armature, joints_blender, src_fps=fps, preset=preset, root_mode=root_mode,
+                                           foot_lock=foot_lock, smoothing=smoothing, contacts=contacts)  # validates
+        source_joints = np.asarray(joints_blender, dtype=np.float64)
+    else:
+        _check_channels(armature, channels, preset=preset, root_mode=root_mode, foot_lock=foot_lock,
+                        smoothing=smoothing)
+        source_joints = pose.check_joints(joints_blender, rig.SKELETON.num_joints)
+        if contacts is not None and np.shape(contacts) != (len(source_joints), 4):
+            raise ValueError(f"contacts must have shape ({len(source_joints)}, 4) like the joints' frames, "
+                             f"got {np.shape(contacts)}")
     slug = slugify(prompt)
     number, name = _next_name(armature, slug)
     scene = bpy.context.scene
@@ -180,7 +221,7 @@ def write_version(armature: bpy.types.Object, joints_blender, *, fps: float = 20
     frame_end, had_id = scene.frame_end, armature.get(RIG_ID) is not None
     action = compat.new_action(name)
     try:
-        _key_channels(action, armature, channels, interpolation)
+        key_channels(action, armature, channels, interpolation)
         start, end = float(channels.frames[0]), float(channels.frames[-1])
         action.use_fake_user = True
         action.use_frame_range = True
@@ -256,15 +297,18 @@ def apply_version(action: bpy.types.Action, armature: bpy.types.Object, **option
 
 
 def update_info(action: bpy.types.Action, **fields) -> None:
-    """Change metadata fields of a version (e.g. the assessment that arrives after its motion)."""
+    """Change metadata fields of a version (e.g. the assessment that arrives after its motion,
+    the user's `keep` flag, the model's `caption`). TypeError for a field not in UPDATABLE,
+    ValueError for an Action that is not a version; nothing changes then."""
     unknown = set(fields) - set(UPDATABLE)
     if unknown:
         raise TypeError(f"cannot update {', '.join(sorted(unknown))}; updatable: {', '.join(UPDATABLE)}")
     info = action.get(NAMESPACE)
-    if info is None:
+    if info is None or not hasattr(info, "to_dict"):
         raise ValueError(f"Action {action.name!r} is not an IRG Motion version")
     current = version_info(action)
-    merged = _fields(**{k: fields.get(k, current.get(k)) for k in UPDATABLE})
+    merged = _fields(**{k: fields.get(k, current.get(k)) for k in UPDATABLE if k not in _LATER_FIELDS})
+    merged.update({k: convert(fields[k]) for k, convert in _LATER_FIELDS.items() if k in fields})
     for key in fields:
         info[key] = merged[key]
 

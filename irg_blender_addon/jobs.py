@@ -12,13 +12,21 @@ one running job every 0.05 s; timers never run in background mode, so scripts
 - CritiqueJob: the model's assessment and proposed instruction for an Action.
 - CaptionJob: the model's description of an Action.
 
+Rotations are never solved on the main thread. A GenerateJob reads the rig and the
+panel's retarget options (retarget_ops.retarget_options: preset, root mode, foot
+locking, smoothing) once, into a pose.ChannelPlan; a `motion` event then starts a
+ChannelSolver (a worker thread, pure numpy) and holds back the events after it; a
+later pump writes the version from the solved channels and goes on with them, so
+versions keep their order and a pump only ever writes keys. Cancel, abandon or an
+error while a solve runs write nothing; a solve that fails ends the job with its
+message.
+
 Live preview (GenerateJob/RefineJob with preview=True): `preview` events key ONE
 provisional Action ("~preview", no fake user, not a version) on the armature; the
 finished motion replaces it; cancel, error or a dead backend remove it and give
-the armature back the Action it played before. The preview's rotations are solved
-in a worker thread (pure numpy, on the rig's rest data read once on the main
-thread), so a pump only writes keys; at most one preview is keyed per
-PREVIEW_INTERVAL, the latest one.
+the armature back the Action it played before. Previews are solved like versions
+(same plan and options, so they match the final version) by their own worker; at
+most one preview is keyed per PREVIEW_INTERVAL, the latest one.
 """
 from __future__ import annotations
 
@@ -26,13 +34,14 @@ import contextlib
 import threading
 import time
 import traceback
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import bpy
 import numpy as np
 
-from . import actions, compat, pose, props, retarget, rig, sampling
+from . import actions, compat, pose, props, retarget_ops, rig, sampling
 from .client import BackendClient, BackendError
 from .core import protocol
 from .prefs import Settings
@@ -43,19 +52,16 @@ PREVIEW_NAME = "~preview"
 PREVIEW_MARK = "irg_preview"     # custom property on the provisional Action
 PREVIEW_INTERVAL = 0.25          # seconds between two preview writes (the backend sends one per 8 tokens)
 TEXT_BUDGET = 500                # text tokens a critique trace takes at most (analysis 300 + assessment 200)
-META_FIELDS = ("keep", "caption")  # version metadata the add-on sets beyond actions.UPDATABLE
+META_FIELDS = ("keep", "caption")  # the version metadata the panel's buttons set
 
 
 def set_meta(action: bpy.types.Action, **fields) -> None:
-    """Set `keep` (bool) or `caption` (str) in a version's metadata (ValueError for a non-version)."""
+    """Set `keep` (bool) or `caption` (str) in a version's metadata (actions.update_info;
+    TypeError for another field, ValueError for a non-version)."""
     unknown = set(fields) - set(META_FIELDS)
     if unknown:
         raise TypeError(f"cannot set {', '.join(sorted(unknown))}; settable: {', '.join(META_FIELDS)}")
-    info = action.get(actions.NAMESPACE)
-    if info is None or not hasattr(info, "to_dict"):
-        raise ValueError(f"Action {action.name!r} is not an IRG Motion version")
-    for key, value in fields.items():
-        info[key] = bool(value) if key == "keep" else str(value)
+    actions.update_info(action, **fields)
 
 
 def motion_source(action: bpy.types.Action, armature: bpy.types.Object | None = None) -> dict[str, Any]:
@@ -115,6 +121,7 @@ class BackendJob:
         self._cancel_sent = False
         self._open = False        # our request has not ended yet
         self._published: dict[str, Any] = {}
+        self._backlog: deque[dict[str, Any]] = deque()  # polled, not applied yet (held while _waiting)
 
     @property
     def running(self) -> bool:
@@ -138,13 +145,20 @@ class BackendJob:
         self._publish()
 
     def pump(self, max_events: int = 64) -> bool:
-        """Apply up to max_events backend events to the scene; True while the job runs."""
+        """Apply up to max_events backend events to the scene; True while the job runs.
+
+        Never blocks: events that must wait (for a version being solved) stay queued, in order."""
         if not self.running:
             return False
-        for event in _latest_previews(self.client.poll(max_events)):
-            self._apply_safely(event)
-            if not self.running:
-                break
+        self._backlog.extend(self.client.poll(max(0, max_events - len(self._backlog))))
+        if self._safely(self._settle):  # this pump's costly step is done: the events wait for the next
+            self._publish()
+            return self.running
+        self._backlog = deque(_latest_previews(list(self._backlog)))
+        applied = 0
+        while self.running and self._backlog and applied < max_events and not self._waiting():
+            self._safely(self._apply, self._backlog.popleft())
+            applied += 1
         self._publish()
         if self.running:
             self._idle()  # last: a worker it starts then runs while Blender draws, not while we publish
@@ -186,14 +200,16 @@ class BackendJob:
 
     # -- events ----------------------------------------------------------------------
 
-    def _apply_safely(self, event: dict[str, Any]) -> None:
+    def _safely(self, step: Callable[..., Any], *args) -> Any:
+        """step(*args); a failure ends the job with its message instead of escaping the pump."""
         try:
-            self._apply(event)
+            return step(*args)
         except ValueError as exc:  # the scene refused the result (e.g. a rig it cannot key): say why
             self.fail(str(exc))
         except Exception as exc:  # a bug: end the job visibly instead of leaving it running
             traceback.print_exc()
             self.fail(f"Internal error while applying the backend's events: {exc}")
+        return None
 
     def _apply(self, event: dict[str, Any]) -> None:
         kind, event_id = event.get("event"), event.get("id")
@@ -250,6 +266,15 @@ class BackendJob:
     def _idle(self) -> None:
         """Work done once per pump after the events (e.g. a throttled preview)."""
 
+    def _settle(self) -> bool:
+        """Work done first in a pump (e.g. writing a solved version); True when it was done,
+        so the pump leaves the events to the next one."""
+        return False
+
+    def _waiting(self) -> bool:
+        """True while the events must wait (a version is being solved)."""
+        return False
+
     # -- helpers ---------------------------------------------------------------------
 
     def _send(self) -> None:
@@ -292,21 +317,19 @@ class BackendJob:
         self._published = values
 
 
-class PreviewSolver:
-    """Pose channels for preview joints, solved off the main thread.
+class ChannelSolver:
+    """Pose channels for joints, solved off the main thread (pose.solve_channels: numpy only,
+    no bpy) on a plan read before on the main thread (pose.plan_channels).
 
-    The bone map and the retarget plan are read from the armature here, on the main
-    thread, once; `submit` then resamples and retargets in a worker thread (numpy
-    only: no bpy there) and `take` hands the channels back when they are ready. The
-    preview skips smoothing and foot locking: the finished version has them."""
+    One solve at a time: `submit` starts it, `take` hands the channels back once ready.
+    Dropping the solver drops its result; the thread then ends on its own."""
 
-    def __init__(self, armature: bpy.types.Object):
-        rig.check_armature(armature)
-        found = retarget.bone_map(armature, "auto")
-        self.plan = retarget.make_plan(retarget.read_rest(armature), found.mapping, found.root_bone)
-        self.hips = self.plan.rig.bones[self.plan.pelvis]
-        self.dst_fps = pose.scene_fps()
-        self.frame_start = bpy.context.scene.frame_start
+    def __init__(self, plan: pose.ChannelPlan, *, foot_lock: bool = False, smoothing: bool = False,
+                 name: str = "irg-motion-solve"):
+        self.plan = plan
+        self.foot_lock = bool(foot_lock)
+        self.smoothing = bool(smoothing)
+        self.name = name
         self._thread: threading.Thread | None = None
         self._result: pose.PoseChannels | Exception | None = None
 
@@ -320,11 +343,11 @@ class PreviewSolver:
         """Nothing running and nothing solved waiting to be taken."""
         return not self.busy and self._result is None
 
-    def submit(self, joints: np.ndarray, src_fps: float) -> None:
+    def submit(self, joints: np.ndarray, src_fps: float, contacts: np.ndarray | None = None) -> None:
         """Start solving (the caller checks `busy` first: one solve at a time)."""
         self._result = None
-        self._thread = threading.Thread(target=self._solve, args=(joints, src_fps), daemon=True,
-                                        name="irg-motion-preview")
+        self._thread = threading.Thread(target=self._solve, args=(joints, float(src_fps), contacts), daemon=True,
+                                        name=self.name)
         self._thread.start()
 
     def take(self) -> pose.PoseChannels | None:
@@ -336,16 +359,22 @@ class PreviewSolver:
             raise result
         return result
 
-    def _solve(self, joints: np.ndarray, src_fps: float) -> None:
+    def _solve(self, joints: np.ndarray, src_fps: float, contacts: np.ndarray | None) -> None:
         try:
-            points = pose.resample(pose.check_joints(joints), float(src_fps), self.dst_fps)
-            out = retarget.retarget(self.plan, points, fps=self.dst_fps)
-            self._result = pose.PoseChannels(
-                frames=self.frame_start + np.arange(len(points), dtype=np.float64), bone_names=out.bone_names,
-                quaternions=out.quaternions, root_bone=self.hips, location=out.locations[self.hips],
-                fps=self.dst_fps, scale=out.scale, locations=out.locations)
+            self._result = pose.solve_channels(self.plan, joints, src_fps=src_fps, foot_lock=self.foot_lock,
+                                               smoothing=self.smoothing, contacts=contacts)
         except Exception as exc:  # handed to the main thread by take()
             self._result = exc
+
+
+@dataclass
+class _PendingVersion:
+    """A motion whose channels are being solved; written as a version once they are."""
+
+    event: dict[str, Any]
+    joints: np.ndarray
+    contacts: np.ndarray | None
+    solver: ChannelSolver
 
 
 @dataclass
@@ -363,7 +392,9 @@ class GenerateJob(BackendJob):
 
     armature_name None: the default rig is created (rig.ensure_armature) when the
     first motion (or preview) arrives; a job that ends without a version removes it
-    again, so a generation that fails leaves no new object behind."""
+    again, so a generation that fails leaves no new object behind. The rig and the
+    panel's retarget options are read once (start, or when the rig is made) for the
+    previews and the versions alike."""
 
     kind = "generate"
 
@@ -387,7 +418,10 @@ class GenerateJob(BackendJob):
         self._provisional: _Provisional | None = None
         self._pending_preview: dict[str, Any] | None = None
         self._preview_at = 0.0
-        self._solver: PreviewSolver | None = None
+        self._preview_solver: ChannelSolver | None = None
+        self._plan: pose.ChannelPlan | None = None
+        self._options: dict[str, Any] = {}      # retarget options (retarget_ops.retarget_options) of the plan
+        self._version: _PendingVersion | None = None
 
     def request(self) -> dict[str, Any]:
         return {**self.settings.generate_request(self.prompt, self.mode), "preview": self.preview}
@@ -396,14 +430,27 @@ class GenerateJob(BackendJob):
         return "Generating..."
 
     def start(self) -> None:
-        """As BackendJob.start; with preview, the rig's retarget plan is read first (ValueError if
-        the armature cannot be keyed: better said now than after the generation)."""
+        """As BackendJob.start; the rig's retarget plan is read first (ValueError if the armature
+        cannot be keyed: better said now than after the generation)."""
         if not self.prompt:
             raise ValueError("The prompt is empty: describe the motion to generate.")
         armature = bpy.data.objects.get(self.armature_name or "")
-        if self.preview and armature is not None:
-            self._solver = PreviewSolver(armature)
+        if armature is not None:
+            self._channel_plan(armature)
         super().start()
+
+    def _channel_plan(self, armature: bpy.types.Object) -> pose.ChannelPlan:
+        """The plan for this armature with the panel's retarget options, read once per job."""
+        if self._plan is None or self._plan.armature != armature.name:
+            options = retarget_ops.retarget_options(bpy.context, armature)
+            self._plan = pose.plan_channels(armature, preset=options["preset"], root_mode=options["root_mode"])
+            self._options = options
+        return self._plan
+
+    def _new_solver(self, armature: bpy.types.Object, name: str) -> ChannelSolver:
+        plan = self._channel_plan(armature)
+        return ChannelSolver(plan, foot_lock=self._options["foot_lock"], smoothing=self._options["smoothing"],
+                             name=name)
 
     # -- events ----------------------------------------------------------------------
 
@@ -415,7 +462,13 @@ class GenerateJob(BackendJob):
     @property
     def preview_pending(self) -> bool:
         """A preview waits for its turn or is being solved."""
-        return self._pending_preview is not None or (self._solver is not None and not self._solver.idle)
+        return self._pending_preview is not None or (self._preview_solver is not None
+                                                     and not self._preview_solver.idle)
+
+    @property
+    def version_pending(self) -> bool:
+        """A motion is being solved (or solved and not yet written); later events wait for it."""
+        return self._version is not None
 
     def _on_preview(self, event: dict[str, Any]) -> None:
         self.previews_received += 1
@@ -423,19 +476,46 @@ class GenerateJob(BackendJob):
             self._pending_preview = event  # solved in _idle, after this pump's other events
 
     def _on_motion(self, event: dict[str, Any]) -> None:
+        """Start solving the motion in a worker; _settle writes it, the events after it wait."""
         joints = protocol.decode_array(event["joints"])
+        contacts = protocol.decode_array(event["contacts"]) if event.get("contacts") else None
         armature = self._armature()
         if armature is None:
             return
+        solver = self._new_solver(armature, "irg-motion-version")
         self._pending_preview = None
-        self._solver = None  # a preview still being solved is dropped: the motion is final
+        self._preview_solver = None  # a preview still being solved is dropped: the motion is final
+        solver.submit(joints, float(event.get("fps", 20.0)), contacts)
+        self._version = _PendingVersion(event, joints, contacts, solver)
+        self._set_status(f"{self._round_label(event)}: solving the motion on {armature.name}...")
+
+    def _waiting(self) -> bool:
+        return self._version is not None
+
+    def _settle(self) -> bool:
+        """Write the pending motion's version once its channels are solved (True when written)."""
+        pending = self._version
+        if pending is None or pending.solver.busy:
+            return False
+        self._version = None
+        if self._cancel_sent:  # after Cancel nothing more is written
+            return False
+        channels = pending.solver.take()  # a solve error raises here: the job fails with its message
+        armature = self._armature()
+        if armature is None or channels is None:
+            return True
+        self._write_version(armature, pending, channels)
+        return True
+
+    def _write_version(self, armature: bpy.types.Object, pending: _PendingVersion,
+                       channels: pose.PoseChannels) -> None:
+        event = pending.event
         self._restore_preview_modes()  # so write_version records the modes it changes itself
         model = (self.client.ready_info or {}).get("model") or {}
-        contacts = event.get("contacts")
         action = actions.write_version(
-            armature, joints, fps=float(event.get("fps", 20.0)), model=str(model.get("name", "")),
+            armature, pending.joints, fps=float(event.get("fps", 20.0)), model=str(model.get("name", "")),
             tokens=tuple(int(t) for t in event.get("tokens") or ()), seed=self.settings.seed,
-            contacts=protocol.decode_array(contacts) if contacts else None, **self._version_fields(event))
+            contacts=pending.contacts, channels=channels, **self._options, **self._version_fields(event))
         self._drop_preview(restore=False)  # the new version plays now
         self.action_names.append(action.name)
         self._actions_by_round[int(event.get("round", 1))] = action.name
@@ -517,17 +597,17 @@ class GenerateJob(BackendJob):
         armature = self._armature()
         if armature is None:
             return
-        if self._solver is None:
-            self._solver = PreviewSolver(armature)
-        if self._solver.busy:
+        if self._preview_solver is None:
+            self._preview_solver = self._new_solver(armature, "irg-motion-preview")
+        if self._preview_solver.busy:
             return
         self._pending_preview = None
         self._preview_at = time.monotonic()
         self.previews_solved += 1
-        self._solver.submit(protocol.decode_array(event["joints"]), float(event.get("fps", 20.0)))
+        self._preview_solver.submit(protocol.decode_array(event["joints"]), float(event.get("fps", 20.0)))
 
     def _key_solved_preview(self) -> None:
-        channels = self._solver.take() if self._solver is not None else None
+        channels = self._preview_solver.take() if self._preview_solver is not None else None
         armature = bpy.data.objects.get(self.armature_name or "")
         if channels is None or armature is None or armature.type != "ARMATURE":
             return
@@ -539,7 +619,7 @@ class GenerateJob(BackendJob):
             action = compat.new_action(PREVIEW_NAME)
             action[PREVIEW_MARK] = True
             prov = self._provisional = _Provisional(action.name, armature.name, restore)
-        actions._key_channels(action, armature, channels, "LINEAR")
+        actions.key_channels(action, armature, channels, "LINEAR")
         for name in channels.bone_names:
             bone = armature.pose.bones[name]
             if bone.rotation_mode != "QUATERNION":
@@ -564,7 +644,7 @@ class GenerateJob(BackendJob):
     def _drop_preview(self, *, restore: bool) -> None:
         """Remove the provisional Action; with restore, the armature plays what it played before."""
         self._pending_preview = None
-        self._solver = None
+        self._preview_solver = None
         prov, self._provisional = self._provisional, None
         if prov is None:
             return
@@ -581,6 +661,7 @@ class GenerateJob(BackendJob):
             bpy.data.actions.remove(action)
 
     def _cleanup(self) -> None:
+        self._version = None  # a motion still being solved is never written
         self._drop_preview(restore=True)
         if self._made_rig and not self.action_names:
             self._remove_made_rig()

@@ -5,7 +5,7 @@ import bpy
 import numpy as np
 import pytest
 
-from irg_blender_addon import actions, compat, rig
+from irg_blender_addon import actions, compat, pose, rig
 
 
 def keys(action: bpy.types.Action) -> dict[tuple[str, int], np.ndarray]:
@@ -255,3 +255,47 @@ def test_a_version_plays_on_another_armature_with_the_same_bones(default_rig, wa
     own = actions.write_version(twin, walk[:5], fps=20.0, prompt="walk")
     assert own.name == "walk.v002" and actions.versions(twin) == [own]  # its own history
     assert actions.versions(default_rig) == [action]
+
+
+def test_presolved_channels_are_keyed_as_the_solve_would_and_checked(default_rig, walk):
+    bpy.context.scene.render.fps = 24
+    synced = actions.write_version(default_rig, walk, prompt="walk", root_mode="in_place", smoothing=True)
+    plan = pose.plan_channels(default_rig, root_mode="in_place")
+    channels = pose.solve_channels(plan, walk, smoothing=True)
+    given = actions.write_version(default_rig, walk, prompt="walk", root_mode="in_place", smoothing=True,
+                                  channels=channels)
+    assert given.name == "walk.v002" and default_rig.animation_data.action == given
+    ours, theirs = keys(given), keys(synced)
+    assert ours.keys() == theirs.keys() and all(np.array_equal(ours[k], theirs[k]) for k in ours)
+    info, before = actions.version_info(given), actions.version_info(synced)
+    for field in ("preset", "root_mode", "foot_lock", "smoothing", "fps", "frames", "frame_end", "scale"):
+        assert info[field] == before[field], field
+    assert (info["root_mode"], info["smoothing"], info["foot_lock"]) == ("in_place", True, False)
+    np.testing.assert_array_equal(actions.source_motion(given)[0], walk)
+
+    state = (len(bpy.data.actions), default_rig.animation_data.action)
+    with pytest.raises(ValueError, match=r"other retarget options: root_mode='in_place' \(given 'root_motion'\), "
+                                         r"smoothing=True \(given False\)"):
+        actions.write_version(default_rig, walk, prompt="walk", channels=channels)
+    with pytest.raises(ValueError, match=r"preset='smpl_default' \(given 'mixamo'\)"):
+        actions.write_version(default_rig, walk, prompt="walk", preset="mixamo", root_mode="in_place",
+                              smoothing=True, channels=channels)
+    default_rig.data.bones["left_wrist"].name = "hand.L"
+    with pytest.raises(ValueError, match=r"key bones that armature 'IRG_SMPL' does not have \(left_wrist\)"):
+        actions.write_version(default_rig, walk, prompt="walk", root_mode="in_place", smoothing=True,
+                              channels=channels)
+    default_rig.data.bones["hand.L"].name = "left_wrist"
+    with pytest.raises(ValueError, match=r"contacts must have shape \(40, 4\)"):
+        actions.write_version(default_rig, walk, prompt="walk", root_mode="in_place", smoothing=True,
+                              channels=channels, contacts=np.zeros((5, 4)))
+    assert (len(bpy.data.actions), default_rig.animation_data.action) == state  # nothing written
+
+
+def test_keep_and_caption_are_updatable(default_rig, walk):
+    version = actions.write_version(default_rig, walk, prompt="walk")
+    assert "keep" not in actions.version_info(version)
+    actions.update_info(version, keep=1, caption=42)
+    info = actions.version_info(version)
+    assert info["keep"] is True and info["caption"] == "42" and info["prompt"] == "walk"
+    actions.update_info(version, keep=False)
+    assert actions.version_info(version)["keep"] is False and actions.version_info(version)["caption"] == "42"

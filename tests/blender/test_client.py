@@ -3,6 +3,7 @@ BackendError naming the problem and the fix, before or right after spawning."""
 from __future__ import annotations
 
 import os
+import time
 import sys
 import textwrap
 from pathlib import Path
@@ -182,6 +183,15 @@ def test_registry_reuses_one_client_per_configuration(model_dir, tmp_path):
 # Event sequences the real backend cannot be made to send on demand (it falls back to the
 # direct prompt itself, it does not die mid-trace); the real backend runs in tests/e2e.
 
+def finish(job, timeout: float = 30.0) -> bool:
+    """pump() until the job ends (a version's rotations are solved in a worker between pumps); job.running."""
+    deadline = time.monotonic() + timeout
+    while job.pump():
+        assert time.monotonic() < deadline, job.status
+        time.sleep(0.002)
+    return job.running
+
+
 class ScriptedBackend:
     """Stands in for BackendClient: records requests, hands out queued events."""
 
@@ -252,7 +262,7 @@ def test_job_retries_in_direct_mode_once_after_a_trace_without_motion(blender_sc
     assert bpy.context.window_manager.irg_motion.trace == "Analysis: walking"
     backend.events = [motion_event("r1"),  # a late event of the first request: ignored
                       motion_event("r2"), {"event": "done", "id": "r2", "motions": 1, "stop_reason": "eos"}]
-    assert job.pump() is False
+    assert finish(job) is False
     assert job.state == "done" and len(job.action_names) == 1 and len(bpy.data.actions) == 1
     assert "direct mode" in job.status and len(backend.sent) == 2
 
@@ -264,7 +274,7 @@ def test_direct_retry_happens_once_then_one_error(blender_scene):
     backend.events = [{"event": "done", "id": "r1", "motions": 0, "stop_reason": "max_tokens"}]
     job.pump()
     backend.events = [{"event": "error", "id": "r2", "code": "no_motion", "message": "no usable motion"}]
-    assert job.pump() is False
+    assert finish(job) is False
     assert job.state == "error" and job.error == "no usable motion" and len(backend.sent) == 2
     assert bpy.context.window_manager.irg_motion.level == "ERROR"
     assert len(bpy.data.actions) == 0 and len(bpy.data.objects) == 0
@@ -283,7 +293,7 @@ def test_assessments_land_on_their_round_and_rounds_chain(blender_scene, motion_
          "refinement": "No refinements needed.", "satisfied": True},
         motion_event("r1", 2, tokens=(9, 10)),
         {"event": "done", "id": "r1", "motions": 2, "stop_reason": "satisfied", "warnings": []}]
-    assert job.pump() is False and job.state == "done"
+    assert finish(job) is False and job.state == "done"
     first, second = (bpy.data.actions[n] for n in job.action_names)
     a, b = actions.version_info(first), actions.version_info(second)
     assert (a["round"], a["assessment"], a["refinement"]) == (1, "too slow", "walk faster")
@@ -302,7 +312,7 @@ def test_backend_death_mid_job_is_one_error_and_nothing_written(blender_scene):
                       {"event": "motion_tokens", "id": "r1", "round": 1, "tokens": [1, 2, 3]},
                       {"event": "error", "id": None, "code": "backend_exited", "message": "it died: see log"},
                       {"event": "error", "id": None, "code": "backend_exited", "message": "second"}]
-    assert job.pump() is False
+    assert finish(job) is False
     assert job.state == "error" and job.error == "it died: see log"
     assert bpy.context.window_manager.irg_motion.status == "it died: see log"
     assert len(bpy.data.actions) == 0 and len(bpy.data.objects) == 0
@@ -319,7 +329,7 @@ def test_progress_cancel_and_deleted_armature(blender_scene, motion_event):
     assert job.progress == pytest.approx(0.25) and "2 motion tokens" in job.status
     bpy.data.objects.remove(arm)
     backend.events = [motion_event("r1")]
-    assert job.pump() is False and job.state == "error" and "was deleted" in job.error
+    assert finish(job) is False and job.state == "error" and "was deleted" in job.error
     assert backend.sent[-1] == {"id": "r2", "type": "cancel", "target": "r1"}
     assert len(bpy.data.actions) == 0
 

@@ -1,5 +1,7 @@
-"""joints_to_channels: channels that put the rig's bones on the joints, resampling, validation."""
+"""plan_channels + solve_channels (joints_to_channels): channels that put the bones on the joints, validation."""
 from __future__ import annotations
+
+import threading
 
 import bpy
 import mathutils
@@ -139,3 +141,41 @@ def test_invalid_input_raises_before_anything(default_rig):
         pose.joints_to_channels(default_rig, good)
     with pytest.raises(ValueError, match="Expected an armature object"):
         pose.joints_to_channels(bpy.data.objects.new("Empty", None), good)
+
+
+def test_plan_then_solve_in_a_worker_equals_joints_to_channels(default_rig, clip_blender):
+    scene = bpy.context.scene
+    scene.render.fps, scene.frame_start = 24, 5
+    joints = clip_blender[:60]
+    options = {"foot_lock": True, "smoothing": True}
+    expected = pose.joints_to_channels(default_rig, joints, src_fps=20.0, root_mode="in_place", **options)
+    plan = pose.plan_channels(default_rig, root_mode="in_place")
+    assert (plan.fps, plan.frame_start, plan.root_mode, plan.preset) == (24.0, 5, "in_place", expected.preset)
+    bpy.data.objects.remove(default_rig)  # the solve reads nothing from the scene
+    solved = []
+    worker = threading.Thread(target=lambda: solved.append(pose.solve_channels(plan, joints, src_fps=20.0,
+                                                                               **options)))
+    worker.start()
+    worker.join(60)
+    ch = solved[0]
+    assert ch.bone_names == expected.bone_names and (ch.root_mode, ch.foot_lock, ch.smoothing) == (
+        "in_place", True, True)
+    np.testing.assert_array_equal(ch.frames, expected.frames)
+    assert ch.frames[0] == 5 and len(ch.frames) == int(59 * 24 / 20) + 1
+    np.testing.assert_array_equal(ch.quaternions, expected.quaternions)
+    np.testing.assert_array_equal(ch.location, expected.location)
+    plain = pose.solve_channels(plan, joints, src_fps=20.0)  # the options change the result
+    assert np.abs(plain.quaternions - ch.quaternions).max() > 1e-3
+
+
+def test_plan_refuses_bad_options_and_solve_bad_joints(default_rig):
+    with pytest.raises(ValueError, match="unknown root mode 'sideways'"):
+        pose.plan_channels(default_rig, root_mode="sideways")
+    with pytest.raises(ValueError, match="Unknown rig preset 'nope'"):
+        pose.plan_channels(default_rig, preset="nope")
+    plan = pose.plan_channels(default_rig)
+    good = np.repeat(rig.rest_joint_positions(default_rig)[None], 4, axis=0)
+    with pytest.raises(ValueError, match=r"contacts must have shape \(4, 4\)"):
+        pose.solve_channels(plan, good, contacts=np.zeros((3, 4)))
+    with pytest.raises(ValueError, match=r"shape \(T, 22, 3\)"):
+        pose.solve_channels(plan, good[:, :21])

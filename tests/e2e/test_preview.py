@@ -9,7 +9,7 @@ import bpy
 import numpy as np
 import pytest
 
-from irg_blender_addon import actions, jobs, operators, rig
+from irg_blender_addon import actions, compat, jobs, operators, pose, rig
 
 TOKENS = 24  # the backend sends a preview every 8 motion tokens: 8, 16, 24
 
@@ -161,3 +161,49 @@ def test_preview_writes_are_throttled(scene, preview_prefs, pump):
     pump(job)
     assert job.state == "done", job.status
     assert job.previews_received == TOKENS // 8 and job.previews_solved == 1 and provisional() == []
+
+
+def keyed(action: bpy.types.Action) -> dict[tuple[str, int], np.ndarray]:
+    """(data_path, index) -> (n, 2) keyframe coordinates of every F-Curve."""
+    out = {}
+    for fc in compat.action_fcurves(action):
+        co = np.empty(2 * len(fc.keyframe_points), dtype=np.float32)
+        fc.keyframe_points.foreach_get("co", co)
+        out[(fc.data_path, fc.array_index)] = co.reshape(-1, 2)
+    return out
+
+
+def test_previews_and_the_version_use_the_panels_retarget_options(scene, preview_prefs, counts):
+    scene.render.fps = 24
+    arm = rig.create_default_rig(bpy.context)
+    options = scene.irg_retarget
+    options.root_mode, options.smoothing = "in_place", True
+    job = start()
+    job.preview_interval = 0.0
+    last_preview, solving_pumps = None, 0
+    deadline = time.monotonic() + 120
+    running = True
+    while running:
+        running = step(job)
+        solving_pumps += job.version_pending  # the solve runs in a worker while the job keeps pumping
+        if provisional():
+            last_preview = keyed(provisional()[0])
+        assert time.monotonic() < deadline, job.status
+    assert job.state == "done", job.status
+    assert solving_pumps >= 1 and not job.version_pending
+    version = bpy.data.actions[job.action_names[0]]
+    info = actions.version_info(version)
+    assert (info["root_mode"], info["smoothing"], info["foot_lock"], info["preset"]) == (
+        "in_place", True, False, "smpl_default")
+    # The version holds what the main-thread solve gives for its joints, with the panel's options.
+    joints, contacts = actions.source_motion(version)
+    expected = pose.joints_to_channels(arm, joints, src_fps=info["src_fps"], root_mode="in_place", smoothing=True,
+                                       contacts=contacts)
+    curves = keyed(version)
+    for b, name in enumerate(expected.bone_names):
+        got = curves[(f'pose.bones["{name}"].rotation_quaternion', 0)]
+        np.testing.assert_array_equal(got[:, 0], expected.frames.astype(np.float32))
+        np.testing.assert_allclose(got[:, 1], expected.quaternions[:, b, 0], atol=1e-6)
+    # The last preview (all the tokens) was solved with the same options: it shows the version.
+    assert last_preview is not None and last_preview.keys() == curves.keys()
+    assert max(np.abs(last_preview[k] - curves[k]).max() for k in curves) < 1e-5

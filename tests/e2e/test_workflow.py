@@ -255,3 +255,40 @@ def test_opening_another_file_mid_stream_leaves_both_files_clean(scene, addon_pr
     again = operators.start_generation(bpy.context, "a person bows", max_motion_tokens=6)  # late events ignored
     pump(again)
     assert again.state == "done" and again.client is backend and len(again.action_names) == 1
+
+
+def step_until_solving(job: jobs.GenerateJob, timeout: float = 120.0) -> None:
+    """Pump one event at a time until the motion is being solved in the worker (nothing written yet)."""
+    deadline = time.monotonic() + timeout
+    while not job.version_pending:
+        assert job.pump(max_events=1), job.status
+        assert time.monotonic() < deadline, job.status
+    assert job.action_names == []
+
+
+@pytest.mark.parametrize("how", ["cancel", "abandon"])
+def test_ending_the_job_while_the_version_is_solved_writes_nothing(scene, review_prefs, pump, counts, how):
+    arm = rig.create_default_rig(bpy.context)
+    before = counts()
+    job = operators.start_generation(bpy.context, "a person waves")
+    step_until_solving(job)
+    if how == "cancel":
+        jobs.manager.cancel()
+        pump(job, timeout=60)  # the solved channels and the events after the motion are dropped
+    else:
+        jobs.manager.abandon()
+    assert job.state == "cancelled" and job.action_names == [], job.status
+    assert counts() == before and (arm.animation_data is None or arm.animation_data.action is None)
+    again = operators.start_generation(bpy.context, "a person bows")  # late events are ignored
+    pump(again)
+    assert again.state == "done" and len(again.action_names) == 1, again.status
+
+
+def test_a_failed_solve_ends_the_job_with_its_reason_and_writes_nothing(scene, review_prefs, pump, counts):
+    before = counts()  # no armature: the job makes the default rig, which has no root bone above its hips
+    scene.irg_retarget.root_mode = "root_bone"
+    job = operators.start_generation(bpy.context, "a person jumps")
+    pump(job)
+    assert job.state == "error" and "has no root bone above its hips bone" in job.error, job.status
+    assert counts() == before  # no version, and the rig made for it is gone
+
