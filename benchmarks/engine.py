@@ -39,6 +39,8 @@ if str(ROOT) not in sys.path:
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from timing import best_time  # noqa: E402  (this folder: the script's own)
+
 CAPTION = "a person walks forward and waves with the right hand"
 GEMMA2_2B = dict(hidden_size=2304, num_hidden_layers=26, num_attention_heads=8, num_key_value_heads=4,
                  head_dim=256, query_pre_attn_scalar=256, intermediate_size=9216, vocab_size=256514)
@@ -137,16 +139,6 @@ def _generate_once(engine: Any, tokens: int) -> dict[str, Any]:
             "tokens_per_s": later / span if span > 0 else float("nan")}
 
 
-def _best_time(fn: Any, repeats: int) -> float:
-    """Least wall time of `repeats` calls: the run least disturbed by other processes."""
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
-
-
 def run_vqvae(tokens: int, repeats: int = 9) -> dict[str, Any]:
     """Decode `tokens` codes with a real-size VQ-VAE: the network alone, and the whole codec (+ joints)."""
     import numpy as np
@@ -165,7 +157,7 @@ def run_vqvae(tokens: int, repeats: int = 9) -> dict[str, Any]:
     codec = MotionCodec(vq, mean, std, HUMANML3D)
     codes = [int(c) for c in np.random.default_rng(0).integers(0, 512, tokens)]
     motion = codec.decode(codes)  # warm-up: first-call allocations
-    codec_s = _best_time(lambda: codec.decode(codes), repeats)
+    codec_s = best_time(lambda: codec.decode(codes), repeats)
     net_s = _time_network(vq, codes, repeats)
     return {"tokens": tokens, "frames": int(motion.joints.shape[0]), "net_s": net_s, "codec_s": codec_s,
             "parameters_m": sum(t.numel() for t in vq.state_dict().values()) / 1e6, "peak_rss_gb": peak_rss_gb(),
@@ -178,7 +170,7 @@ def _time_network(vq: Any, codes: list[int], repeats: int) -> float:
     idx = torch.tensor([codes])
     core = vq.vqvae
     with torch.inference_mode():
-        return _best_time(lambda: core.decoder(core.quantizer.dequantize(idx).permute(0, 2, 1)), repeats)
+        return best_time(lambda: core.decoder(core.quantizer.dequantize(idx).permute(0, 2, 1)), repeats)
 
 
 # ---------------------------------------------------------------- the parent: run cases, print the table

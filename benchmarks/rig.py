@@ -28,7 +28,6 @@ Usage: .venv-bpy50/bin/python benchmarks/rig.py [--data ../shared/data/humanml3d
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -46,6 +45,7 @@ import bpy  # noqa: E402
 import numpy as np  # noqa: E402
 
 import rig_core  # noqa: E402
+from timing import best_time  # noqa: E402
 from irg_blender_addon import actions, compat, pose, retarget  # noqa: E402
 from model_backend import metrics, quat, skeleton, solver  # noqa: E402
 
@@ -210,7 +210,7 @@ def key(obj, plan: retarget.Plan, quats: np.ndarray, locations: dict, name: str)
     hips = plan.rig.bones[plan.pelvis]
     channels = pose.PoseChannels(frames, plan.keyed_names, quats, hips, locations[hips], 20.0, 1.0, locations)
     action = compat.new_action(name)
-    actions._key_channels(action, obj, channels, "LINEAR")
+    actions.key_channels(action, obj, channels, "LINEAR")
     return action
 
 
@@ -236,23 +236,10 @@ def evaluate(obj, action, plan: retarget.Plan, clip: np.ndarray) -> tuple[float,
     return float(errs.mean()), float(errs.max()), float(np.linalg.norm(rel, axis=-1).mean() * 1000.0), jitter
 
 
-def best(fn, repeats: int) -> float:
-    out = np.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out = min(out, time.perf_counter() - t0)
-    return out
-
-
 # ---------------------------------------------------------------- the run
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "humanml3d")
-    ap.add_argument("--frames", type=int, default=196)
-    ap.add_argument("--repeats", type=int, default=7)
-    args = ap.parse_args()
+    args = rig_core.clip_arguments(__doc__)
 
     name, clip_hml = rig_core.load_clip(args.data, args.frames)
     clip = skeleton.to_blender(clip_hml)
@@ -304,7 +291,7 @@ def main() -> None:
             quats, locations = fn()
             made.append(key(obj, plan, quats, locations, label))
 
-        seconds = best(full, repeats)
+        seconds = best_time(full, repeats)
         errs = evaluate(obj, made[-1], plan, clip)
         for action in made:
             bpy.data.actions.remove(action)
@@ -313,15 +300,15 @@ def main() -> None:
     # Where our time goes, and the whole user-facing call.
     quats, locations = ours()
     parts = [
-        ("rig preset detection + rest read + plan", best(setup, args.repeats)),
-        ("solver (model_backend.solver.solve)", best(lambda: retarget.solve_fronts(clip), args.repeats)),
-        ("retarget (solve included)", best(lambda: retarget.retarget(plan, clip, fps=20.0), args.repeats)),
+        ("rig preset detection + rest read + plan", best_time(setup, args.repeats)),
+        ("solver (model_backend.solver.solve)", best_time(lambda: retarget.solve_fronts(clip), args.repeats)),
+        ("retarget (solve included)", best_time(lambda: retarget.retarget(plan, clip, fps=20.0), args.repeats)),
     ]
     keyed = []
-    parts.append(("key writing (bulk, new Action)", best(lambda: keyed.append(key(obj, plan, quats, locations, "k")),
-                                                         args.repeats)))
+    parts.append(("key writing (bulk, new Action)",
+                  best_time(lambda: keyed.append(key(obj, plan, quats, locations, "k")), args.repeats)))
     versions = []
-    parts.append(("whole actions.write_version", best(
+    parts.append(("whole actions.write_version", best_time(
         lambda: versions.append(actions.write_version(obj, clip, fps=20.0, prompt="bench")), args.repeats)))
     for action in keyed + versions:
         bpy.data.actions.remove(action)

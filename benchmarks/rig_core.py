@@ -35,6 +35,8 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
+from timing import best_time  # noqa: E402
+
 from model_backend.metrics import bone_direction_error_deg, position_error_mm, twist_jitter  # noqa: E402
 from model_backend.quat import (  # noqa: E402
     quat_angle, quat_between, quat_continuity, quat_from_axis_angle, quat_from_matrix, quat_mul, quat_to_matrix,
@@ -161,15 +163,6 @@ def twist_error(quats: np.ndarray, truth: np.ndarray, bends: dict[int, np.ndarra
 
 # ---------------------------------------------------------------- runs
 
-def best_time(fn, repeats: int) -> float:
-    best = np.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 def load_clip(data: Path, frames: int) -> tuple[str, np.ndarray]:
     """momask_000612 (199 frames) cut to `frames`, else 012314 looped; joints (T, 22, 3) float64."""
     from model_backend.motion import features_to_joints
@@ -185,12 +178,17 @@ def load_clip(data: Path, frames: int) -> tuple[str, np.ndarray]:
     return name, j[:frames]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def clip_arguments(doc: str) -> argparse.Namespace:
+    """--data (the HumanML3D folder), --frames and --repeats of the rig benchmarks."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "humanml3d")
     ap.add_argument("--frames", type=int, default=196)
     ap.add_argument("--repeats", type=int, default=7)
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = clip_arguments(__doc__)
 
     name, joints = load_clip(args.data, args.frames)
     rest = rest_offsets_for(joints, S)

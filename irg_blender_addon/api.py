@@ -70,16 +70,24 @@ def _overrides(options: dict) -> dict:
     return {OPTION_NAMES[k]: v for k, v in options.items()}
 
 
-def _wait(job: BackendJob, timeout: float, what: str) -> BackendJob:
-    """Pump the job until it ends (what the UI timer does); GenerationError / TimeoutError."""
+def pump_until_done(job, timeout: float) -> bool:
+    """Pump a job until it ends (what the UI timer does): True; after `timeout` seconds it is
+    stopped at once and False is returned."""
     deadline = time.monotonic() + timeout
     while job.pump():
         if time.monotonic() > deadline:
             job.cancel()
             job.cancel()  # the second call stops the backend at once
-            raise TimeoutError(f"{what} did not finish within {timeout:.0f} s; kept {len(job.action_names)} "
-                               "version(s). Raise timeout= for the real model on CPU.")
+            return False
         time.sleep(0.01)
+    return True
+
+
+def _wait(job: BackendJob, timeout: float, what: str) -> BackendJob:
+    """Pump the job until it ends; GenerationError / TimeoutError."""
+    if not pump_until_done(job, timeout):
+        raise TimeoutError(f"{what} did not finish within {timeout:.0f} s; kept {len(job.action_names)} "
+                           "version(s). Raise timeout= for the real model on CPU.")
     if job.state == "error":
         raise GenerationError(job.error)
     if job.state == "cancelled":

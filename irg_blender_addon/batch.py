@@ -21,7 +21,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -654,7 +653,7 @@ def bake_batch(armature, prompts, *, timeout: float = 3600.0, **options) -> list
     A prompt that fails is skipped and listed (status 'failed', error); returns one ItemResult
     per prompt, in order. Raises ValueError/TypeError (bad input), BackendError (backend or
     model missing), api.GenerationError (the batch itself stopped) or TimeoutError."""
-    from .api import OPTION_NAMES, GenerationError, _armature  # api re-exports this function
+    from .api import OPTION_NAMES, GenerationError, _armature, pump_until_done  # api re-exports this function
     layout = {k: options.pop(k) for k in LAYOUT_OPTIONS if k in options}
     unknown = set(options) - set(OPTION_NAMES)
     if unknown:
@@ -671,14 +670,9 @@ def bake_batch(armature, prompts, *, timeout: float = 3600.0, **options) -> list
         setattr(batch, name, value)
     fill_items(batch, entries, replace=True)
     job = start_batch(bpy.context, "ALL", target, **overrides)
-    deadline = time.monotonic() + timeout
-    while job.pump():
-        if time.monotonic() > deadline:
-            job.cancel()
-            job.cancel()  # the second call stops the backend at once
-            raise TimeoutError(f"the batch did not finish within {timeout:.0f} s; baked {job.baked} of "
-                               f"{job.total}. Raise timeout= for the real model on CPU.")
-        time.sleep(0.01)
+    if not pump_until_done(job, timeout):
+        raise TimeoutError(f"the batch did not finish within {timeout:.0f} s; baked {job.baked} of "
+                           f"{job.total}. Raise timeout= for the real model on CPU.")
     if job.state == "error":
         raise GenerationError(job.error)
     return results(batch)

@@ -67,6 +67,11 @@ def _batch(context):
     return getattr(context.scene, "irg_batch", None)
 
 
+def _has_prompts(context) -> bool:
+    group = _batch(context)
+    return group is not None and len(group.items) > 0
+
+
 def _refuse(op, message: str) -> set[str]:
     op.report({"ERROR"}, message)
     return {"CANCELLED"}
@@ -116,8 +121,7 @@ class IRG_OT_batch_remove(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        group = _batch(context)
-        return group is not None and len(group.items) > 0 and not batch.running()
+        return _has_prompts(context) and not batch.running()
 
     def execute(self, context):
         group = _batch(context)
@@ -138,8 +142,7 @@ class IRG_OT_batch_clear(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        group = _batch(context)
-        return group is not None and len(group.items) > 0 and not batch.running()
+        return _has_prompts(context) and not batch.running()
 
     def invoke(self, context, event):
         return context.window_manager.invoke_confirm(self, event)
@@ -237,8 +240,7 @@ class IRG_OT_batch_bake(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        group = _batch(context)
-        return group is not None and len(group.items) > 0 and not manager.busy()
+        return _has_prompts(context) and not manager.busy()
 
     def execute(self, context):
         return _start(self, context, self.scope)

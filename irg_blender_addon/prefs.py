@@ -456,6 +456,15 @@ def _fail(op, message: str) -> set[str]:
     return {"CANCELLED"}
 
 
+def _start_task(op, task: PrefsTask) -> set[str]:
+    """Start a setup/convert task (a UI timer pumps it, except in background mode); a task
+    refused at its start is reported by the operator."""
+    task = tasks.start(task, timer=not bpy.app.background)
+    if task.job.state == "failed":
+        return _fail(op, task.error)
+    return {"FINISHED"}
+
+
 class IRG_OT_setup_backend(bpy.types.Operator):
     """Build the backend's Python environment (a virtual environment made with Blender's Python, torch and the \
 backend), then use it"""
@@ -477,11 +486,7 @@ backend), then use it"""
         job = BackendSetupJob(sys.executable, venv, source, prefs.torch_build if prefs else "auto",
                               torch_index_url=(prefs.torch_index_url.strip() or None) if prefs else None,
                               force=self.force)
-        task = tasks.start(PrefsTask("Set up backend", job, _store("backend_python", "Backend environment ready")),
-                           timer=not bpy.app.background)
-        if task.job.state == "failed":
-            return _fail(self, task.error)
-        return {"FINISHED"}
+        return _start_task(self, PrefsTask("Set up backend", job, _store("backend_python", "Backend environment ready")))
 
 
 class IRG_OT_convert_model(bpy.types.Operator):
@@ -534,11 +539,7 @@ class IRG_OT_convert_model(bpy.types.Operator):
                          bpy.path.abspath(self.mean), bpy.path.abspath(self.std), bpy.path.abspath(self.out_dir),
                          stage=None if self.stage == "AUTO" else int(self.stage), dataset=self.dataset,
                          dtype=self.dtype, token=self.token or None)
-        task = tasks.start(PrefsTask("Convert model", job, _store("model_dir", "Model converted")),
-                           timer=not bpy.app.background)
-        if task.job.state == "failed":
-            return _fail(self, task.error)
-        return {"FINISHED"}
+        return _start_task(self, PrefsTask("Convert model", job, _store("model_dir", "Model converted")))
 
 
 class IRG_OT_cancel_task(bpy.types.Operator):

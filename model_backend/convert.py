@@ -26,7 +26,6 @@ import datetime as _dt
 import importlib.metadata
 import json
 import os
-import pickle
 import re
 import shutil
 import sys
@@ -41,6 +40,7 @@ import numpy as np
 from .manifest import ModelFolderError, read_manifest, sha256_file, write_manifest
 from .skeleton import Skeleton, skeleton_for
 from .vocab import NUM_MOTION_CODES, MotionVocab, MotionVocabError, add_motion_tokens
+from .weights import read_weights
 
 __all__ = ["ConvertError", "convert", "add_convert_arguments", "run_convert", "STOCK_TOKENIZER_FILES",
            "StderrProgress"]
@@ -206,36 +206,6 @@ def _load_base(base_dir: Path) -> tuple[Any, Any, int]:
 
 
 # ---------------------------------------------------------------- reading the checkpoint
-
-def _read_tensors(path: Path) -> dict[str, Any]:
-    """The top-level object of a checkpoint: safetensors, or torch.save read with weights_only."""
-    import torch
-
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        try:
-            return load_file(str(path))
-        except Exception as exc:  # safetensors raises its own error types
-            raise ConvertError(f"{path}: not a readable safetensors file, perhaps truncated ({exc})") from None
-    try:
-        try:  # mmap: a 10 GB checkpoint is paged in, not copied into memory
-            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            if "mmap can only be used" not in str(exc):
-                raise
-            return torch.load(str(path), map_location="cpu", weights_only=True)  # legacy format
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        what = f" ({found.group(1)})" if found else ""
-        raise ConvertError(
-            f"{path}: refused: the file holds a Python object that is not plain tensors{what}, and the converter "
-            "loads weights only (torch.load weights_only=True) so no code from the file can run. If you trust "
-            "the file, re-save only its tensors (see docs/model-setup.md) and convert that") from None
-    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as exc:
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConvertError(f"{path}: not a readable torch.save checkpoint: the file is truncated, corrupted "
-                           f"or of another format ({detail}); download it again") from None
-
 
 @dataclass
 class _Checkpoint:
@@ -477,18 +447,13 @@ def _write_llm(work: Path, config: Any, tokenizer: Any, base_dir: Path, model: A
 
 def _eos_ids(config: Any, tokenizer: Any, base_dir: Path) -> list[int]:
     """Generation stops: the base's eos ids, the tokenizer's eos and <end_of_turn> (Gemma: 1 and 107)."""
-    found: list[Any] = [config.eos_token_id, tokenizer.eos_token_id]
+    from .loader import eos_token_ids
+
     gen_file = base_dir / "generation_config.json"
+    generation_eos = None
     if gen_file.is_file():
-        found.insert(0, json.loads(gen_file.read_text(encoding="utf-8")).get("eos_token_id"))
-    if "<end_of_turn>" in tokenizer.get_vocab():
-        found.append(tokenizer.convert_tokens_to_ids("<end_of_turn>"))
-    ids: list[int] = []
-    for item in found:
-        for i in item if isinstance(item, (list, tuple)) else [item]:
-            if i is not None and int(i) not in ids:
-                ids.append(int(i))
-    return ids
+        generation_eos = json.loads(gen_file.read_text(encoding="utf-8")).get("eos_token_id")
+    return eos_token_ids(generation_eos, config, tokenizer)
 
 
 def _vqvae_hparams(state: dict[str, Any], skeleton: Skeleton, log: Log) -> dict[str, int]:
@@ -517,7 +482,7 @@ def _write_vqvae(work: Path, vqvae_path: Path | None, ckpt_path: Path, ckpt: _Ch
     if vqvae_path is not None:
         if ckpt.vqvae:
             log(f"note: the checkpoint also holds a VQ-VAE under 'net.'; using {vqvae_path} as given")
-        state = _read_tensors(vqvae_path)
+        state = read_weights(vqvae_path, ConvertError)
         state = state.get("net", state) if isinstance(state, dict) else {}
         state = {k[len("net."):] if k.startswith("net.vqvae.") else k: v for k, v in state.items()}
         source, where = vqvae_path, ""
@@ -631,7 +596,7 @@ def convert(irg_checkpoint: str | Path, base: str | Path, vqvae: str | Path | No
     config, tokenizer, text_tokens = _load_base(base_dir)
 
     progress("reading checkpoint", 0.0)
-    ckpt = _split_checkpoint(ckpt_path, _read_tensors(ckpt_path))
+    ckpt = _split_checkpoint(ckpt_path, read_weights(ckpt_path, ConvertError))
     progress("reading checkpoint", 1.0)
     if ckpt.resume:
         log(f"checkpoint: resume info {', '.join(f'{k}={_short(v)}' for k, v in ckpt.resume.items())}")

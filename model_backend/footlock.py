@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .skeleton import HUMANML3D, Skeleton
+from .skeleton import HUMANML3D, Skeleton, as_joints
 
 __all__ = ["detect_contacts", "lock_feet", "two_bone_ik", "contact_runs", "blend_weights"]
 
@@ -24,16 +24,6 @@ MIN_RUN = 3  # frames: shorter contacts are not pinned
 SOFT_START = 0.95  # share of a leg's full reach where the IK starts easing (knee pops otherwise)
 HOLD = 0.5  # share of the ramp that cross-fades toward the pin (the rest fades the edge offset)
 _EPS = 1e-9
-
-
-def _as_joints(joints: np.ndarray, skeleton: Skeleton) -> np.ndarray:
-    j = np.asarray(joints, dtype=np.float64)
-    if j.ndim != 3 or j.shape[1:] != (skeleton.num_joints, 3) or j.shape[0] < 1:
-        raise ValueError(f"{skeleton.name} joints must have shape (frames, {skeleton.num_joints}, 3), "
-                         f"got {np.shape(joints)}")
-    if not np.all(np.isfinite(j)):
-        raise ValueError("joints contain NaN or infinite values; clean the input first")
-    return j
 
 
 def _horizontal_speed(p: np.ndarray, fps: float) -> np.ndarray:
@@ -54,7 +44,7 @@ def detect_contacts(joints: np.ndarray, skeleton: Skeleton = HUMANML3D, contacts
     (metres per second), and, when the feature's contact channels (T, 4) are
     given, their value is above 0.5.
     """
-    j = _as_joints(joints, skeleton)
+    j = as_joints(joints, skeleton)
     fps = skeleton.fps if fps is None else fps
     unit = skeleton.metres_per_unit
     feet = j[:, list(skeleton.foot_joints)]  # (T, 4, 3)
@@ -198,7 +188,7 @@ def lock_feet(joints: np.ndarray, skeleton: Skeleton = HUMANML3D, contacts: np.n
     On the three real HumanML3D clips this lowers the foot-skating ratio
     (012314: 0.136 -> 0.130) and raises mean jerk by at most 8 %.
     """
-    j = _as_joints(joints, skeleton)
+    j = as_joints(joints, skeleton)
     flags = detect_contacts(j, skeleton, contacts, fps, height, speed)
     out = j.copy()
     l_ankle, l_toe, r_ankle, r_toe = skeleton.foot_joints

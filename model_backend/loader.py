@@ -268,14 +268,10 @@ def _load_tokenizer(model_dir: Path, llm_dir: Path, manifest: dict[str, Any], co
     return tokenizer, vocab
 
 
-def _eos_ids(model_dir: Path, llm_dir: Path, config: Any, tokenizer: Any) -> list[int]:
-    """Every id that ends a generation: generation config, model config, tokenizer, <end_of_turn>."""
-    from transformers import GenerationConfig
-
-    found: list[Any] = []
-    if (llm_dir / "generation_config.json").is_file():
-        found.append(GenerationConfig.from_pretrained(llm_dir, local_files_only=True).eos_token_id)
-    found += [config.eos_token_id, tokenizer.eos_token_id]
+def eos_token_ids(generation_eos: Any, config: Any, tokenizer: Any) -> list[int]:
+    """Every id that ends a generation, once each, in this order: the generation config's eos
+    (an id, a list or None), the model config's, the tokenizer's, and <end_of_turn> if known."""
+    found: list[Any] = [generation_eos, config.eos_token_id, tokenizer.eos_token_id]
     if "<end_of_turn>" in tokenizer.get_vocab():
         found.append(tokenizer.convert_tokens_to_ids("<end_of_turn>"))
     ids: list[int] = []
@@ -283,6 +279,17 @@ def _eos_ids(model_dir: Path, llm_dir: Path, config: Any, tokenizer: Any) -> lis
         for i in item if isinstance(item, (list, tuple)) else [item]:
             if i is not None and int(i) not in ids:
                 ids.append(int(i))
+    return ids
+
+
+def _eos_ids(model_dir: Path, llm_dir: Path, config: Any, tokenizer: Any) -> list[int]:
+    """Every id that ends a generation: generation config, model config, tokenizer, <end_of_turn>."""
+    from transformers import GenerationConfig
+
+    generation_eos = None
+    if (llm_dir / "generation_config.json").is_file():
+        generation_eos = GenerationConfig.from_pretrained(llm_dir, local_files_only=True).eos_token_id
+    ids = eos_token_ids(generation_eos, config, tokenizer)
     if not ids:
         raise _folder_error(model_dir, "no end-of-sequence token is defined (generation_config.json, config.json)")
     return ids

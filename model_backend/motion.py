@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .skeleton import HUMANML3D, Skeleton
+from .quat import quat_conj, quat_mul
+from .skeleton import HUMANML3D, Skeleton, as_joints, check_finite
 
 __all__ = ["features_to_joints", "joints_to_features", "canonicalize", "contacts_from_features", "resample"]
 
@@ -51,28 +52,13 @@ _EPS = 1e-12
 
 # ---------------------------------------------------------------- validation
 
-def _check_finite(name: str, arr: np.ndarray) -> None:
-    if not np.all(np.isfinite(arr)):
-        bad = int(np.count_nonzero(~np.isfinite(arr)))
-        raise ValueError(f"{name} contains {bad} NaN or infinite values; clean the input first")
-
-
 def _as_features(features: np.ndarray, skeleton: Skeleton) -> np.ndarray:
     f = np.asarray(features, dtype=np.float64)
     if f.ndim != 2 or f.shape[1] != skeleton.feature_size or f.shape[0] < 1:
         raise ValueError(f"{skeleton.name} features must have shape (frames >= 1, {skeleton.feature_size}), "
                          f"got {np.shape(features)}")
-    _check_finite("features", f)
+    check_finite("features", f)
     return f
-
-
-def _as_joints(joints: np.ndarray, skeleton: Skeleton, min_frames: int = 1) -> np.ndarray:
-    j = np.asarray(joints, dtype=np.float64)
-    if j.ndim != 3 or j.shape[1:] != (skeleton.num_joints, 3) or j.shape[0] < min_frames:
-        raise ValueError(f"{skeleton.name} joints must have shape (frames >= {min_frames}, "
-                         f"{skeleton.num_joints}, 3), got {np.shape(joints)}")
-    _check_finite("joints", j)
-    return j
 
 
 def _layout(skeleton: Skeleton) -> dict[str, slice]:
@@ -98,19 +84,6 @@ def _rot_y(angle: np.ndarray, v: np.ndarray) -> np.ndarray:
 def _heading(forward: np.ndarray) -> np.ndarray:
     """Yaw that turns a horizontal forward vector to +Z (the heading-frame rotation)."""
     return -np.arctan2(forward[..., 0], forward[..., 2])
-
-
-def _qmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    aw, ax, ay, az = np.moveaxis(a, -1, 0)
-    bw, bx, by, bz = np.moveaxis(b, -1, 0)
-    return np.stack([aw * bw - ax * bx - ay * by - az * bz,
-                     aw * bx + ax * bw + ay * bz - az * by,
-                     aw * by - ax * bz + ay * bw + az * bx,
-                     aw * bz + ax * by - ay * bx + az * bw], axis=-1)
-
-
-def _qconj(q: np.ndarray) -> np.ndarray:
-    return q * np.array([1.0, -1.0, -1.0, -1.0])
 
 
 def _qbetween(u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -194,7 +167,7 @@ def canonicalize(joints: np.ndarray, skeleton: Skeleton = HUMANML3D) -> np.ndarr
     frame's root goes to x = z = 0. Facing: the first frame's right-to-left hip
     and shoulder lines, summed, give `across`; forward = up x across turns to +Z.
     """
-    j = _as_joints(joints, skeleton).copy()
+    j = as_joints(joints, skeleton).copy()
     j[..., 1] -= j[..., 1].min()
     j[..., [0, 2]] -= j[0, 0, [0, 2]]
     r_hip, l_hip, r_sh, l_sh = skeleton.face_joints
@@ -250,7 +223,7 @@ def _rotations_6d(j: np.ndarray, yaw: np.ndarray, skeleton: Skeleton) -> np.ndar
         swing[:, joint] = _qbetween(np.broadcast_to(rest[joint], j[:, joint].shape), j[:, joint] - j[:, p])
         continues = parents[p] >= 0 and skeleton.children(p)[0] == joint
         base = swing[:, p] if continues else heading
-        local[:, joint] = _qmul(_qconj(base), swing[:, joint])
+        local[:, joint] = quat_mul(quat_conj(base), swing[:, joint])
     return _quat_to_6d(local[:, 1:]).reshape(len(j), -1)
 
 
@@ -260,7 +233,7 @@ def joints_to_features(joints: np.ndarray, skeleton: Skeleton = HUMANML3D) -> np
     The motion is canonicalised first (`canonicalize`), so
     `features_to_joints(joints_to_features(J))` equals `canonicalize(J)[:-1]`.
     """
-    j = canonicalize(_as_joints(joints, skeleton, min_frames=2), skeleton)
+    j = canonicalize(as_joints(joints, skeleton, min_frames=2), skeleton)
     yaw = _frame_headings(j, skeleton)
     disp = j[1:] - j[:-1]  # (T-1, J, 3)
 
@@ -299,7 +272,7 @@ def resample(joints: np.ndarray, src_fps: float, dst_fps: float) -> np.ndarray:
         raise ValueError(f"resample needs at least one frame, got shape {x.shape}")
     if not (np.isfinite(src_fps) and np.isfinite(dst_fps) and src_fps > 0 and dst_fps > 0):
         raise ValueError(f"frame rates must be positive numbers, got {src_fps} and {dst_fps}")
-    _check_finite("joints", x)
+    check_finite("joints", x)
     n_out = int(round((x.shape[0] - 1) * dst_fps / src_fps)) + 1
     if n_out == x.shape[0]:
         return x.copy()

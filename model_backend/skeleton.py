@@ -103,3 +103,20 @@ def from_blender(points: np.ndarray) -> np.ndarray:
     """Blender axes back to HumanML3D axes: (x, y, z) -> (x, z, -y)."""
     p = np.asarray(points)
     return np.stack([p[..., 0], p[..., 2], -p[..., 1]], axis=-1)
+
+
+def check_finite(name: str, arr: np.ndarray) -> None:
+    """ValueError counting the NaN/infinite values of `arr`, if any."""
+    if not np.all(np.isfinite(arr)):
+        bad = int(np.count_nonzero(~np.isfinite(arr)))
+        raise ValueError(f"{name} contains {bad} NaN or infinite values; clean the input first")
+
+
+def as_joints(joints: np.ndarray, skeleton: Skeleton, min_frames: int = 1) -> np.ndarray:
+    """Joint positions as float64 (T, J, 3) for `skeleton`, with T >= min_frames and all finite."""
+    j = np.asarray(joints, dtype=np.float64)
+    if j.ndim != 3 or j.shape[1:] != (skeleton.num_joints, 3) or j.shape[0] < min_frames:
+        raise ValueError(f"{skeleton.name} joints must have shape (frames >= {min_frames}, "
+                         f"{skeleton.num_joints}, 3), got {np.shape(joints)}")
+    check_finite("joints", j)
+    return j

@@ -80,7 +80,7 @@ from functools import lru_cache
 import numpy as np
 
 from .quat import quat_between, quat_continuity, quat_from_matrix, quat_to_matrix
-from .skeleton import HUMANML3D, Skeleton
+from .skeleton import HUMANML3D, Skeleton, as_joints
 
 __all__ = [
     "SolvedMotion", "solve", "bone_directions", "forward_kinematics", "local_to_world",
@@ -376,7 +376,7 @@ def rest_offsets_for(joints: np.ndarray, skeleton: Skeleton = HUMANML3D) -> np.n
     clip's own geometry, turned onto the T-pose by a per-frame Kabsch fit and
     averaged, so their rotation fits exactly when that geometry is rigid.
     """
-    j = _as_joints(joints, skeleton)
+    j = as_joints(joints, skeleton)
     parents = np.asarray(skeleton.parents)
     offsets = j[:, 1:] - j[:, parents[1:]]
     lengths = np.concatenate([[0.0], np.linalg.norm(offsets, axis=-1).mean(axis=0)])
@@ -438,15 +438,6 @@ def forward_kinematics(local_quats: np.ndarray, root_pos: np.ndarray, rest_offse
 
 
 # ---------------------------------------------------------------- solving
-
-def _as_joints(joints: np.ndarray, skeleton: Skeleton) -> np.ndarray:
-    j = np.asarray(joints, dtype=np.float64)
-    if j.ndim != 3 or j.shape[1:] != (skeleton.num_joints, 3) or j.shape[0] < 1:
-        raise ValueError(f"{skeleton.name} joints must have shape (frames, {skeleton.num_joints}, 3), "
-                         f"got {np.shape(joints)}")
-    if not np.all(np.isfinite(j)):
-        raise ValueError("joints contain NaN or infinite values; clean the input first")
-    return j
 
 
 def _carried(world: np.ndarray, rest_frame: np.ndarray, aim: np.ndarray) -> np.ndarray:
@@ -538,7 +529,7 @@ def solve(joints: np.ndarray, skeleton: Skeleton = HUMANML3D, rest: np.ndarray |
     rest: rest offsets (J, 3) facing +Z with Y up and straight limbs; by default
     `rest_offsets_for(joints)` (the T-pose with the clip's own bone lengths).
     """
-    j = _as_joints(joints, skeleton)
+    j = as_joints(joints, skeleton)
     rest_off = rest_offsets_for(j, skeleton) if rest is None else np.asarray(rest, dtype=np.float64)
     if rest_off.shape != (skeleton.num_joints, 3):
         raise ValueError(f"rest offsets must have shape ({skeleton.num_joints}, 3), got {rest_off.shape}")

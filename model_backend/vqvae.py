@@ -9,11 +9,12 @@ and (batch, channels, time) inside.
 """
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+
+from .weights import read_weights
 
 __all__ = ["VQVAE", "VQVAEError", "load_vqvae", "save_vqvae"]
 
@@ -214,21 +215,7 @@ def _mask(x: Tensor, lengths: Tensor) -> Tensor:
 
 def _read_state_dict(path: Path) -> dict[str, Tensor]:
     """Tensors of a .safetensors file or a torch.save file (weights only)."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        try:
-            return load_file(str(path))
-        except Exception as exc:  # safetensors raises its own error types
-            raise VQVAEError(f"{path}: not a readable safetensors file ({exc})") from exc
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise VQVAEError(
-            f"{path}: refused to load: the file holds Python objects other than tensors, and only "
-            f"weights are loaded (torch.load weights_only=True). Re-save it as a plain state dict "
-            f"or safetensors. Detail: {str(exc).splitlines()[0]}") from exc
-    except Exception as exc:
-        raise VQVAEError(f"{path}: not a readable torch.save file ({exc})") from exc
+    obj = read_weights(path, VQVAEError)
     if isinstance(obj, dict) and isinstance(obj.get("net"), dict):
         obj = obj["net"]
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):

@@ -16,8 +16,11 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("BLENDER_USER_RESOURCES", tempfile.mkdtemp(prefix="irg-blender-user-"))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+# The repository (model_backend, irg_blender_addon) and this folder (shared helpers such as
+# ui_recorder; the test folders are not packages) are importable from every test.
+for _path in (ROOT, ROOT / "tests"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 
 def _shared(sub: str) -> Path:

@@ -1,5 +1,5 @@
 """Blender test setup: a fresh empty scene, the default rig, the real clip in Blender axes,
-and helpers handed out as fixtures (test folders are not packages, so no shared imports).
+and helpers handed out as fixtures (shared plain helpers live in tests/*.py, e.g. ui_recorder).
 
 tests/conftest.py already points BLENDER_USER_RESOURCES at a temporary folder and
 puts the repository on sys.path before bpy is imported.

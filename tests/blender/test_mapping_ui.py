@@ -12,31 +12,9 @@ import numpy as np
 import pytest
 
 from irg_blender_addon import actions, compat, presets, retarget, retarget_ops, rig
+from ui_recorder import Recorder, check_calls, fake_context
 
 JOINTS = presets.JOINTS
-
-
-class Recorder:
-    """A layout stand-in (like tests/blender/test_ui.py's): records every call, returns itself."""
-
-    def __init__(self):
-        self.calls = []
-
-    def __getattr__(self, name):
-        def record(*args, **kwargs):
-            self.calls.append((name, args, kwargs))
-            return self
-        return record
-
-    def texts(self) -> str:
-        # Wrapped labels are joined again with spaces, so a message reads as one text.
-        return " ".join(kw.get("text", "") for name, _, kw in self.calls if name in ("label", "operator"))
-
-    def operators(self) -> list[str]:
-        return [args[0] for name, args, _ in self.calls if name == "operator"]
-
-    def named(self, function: str) -> list[tuple]:
-        return [(args, kw) for name, args, kw in self.calls if name == function]
 
 
 def drawn(helper, context) -> Recorder:
@@ -44,13 +22,8 @@ def drawn(helper, context) -> Recorder:
     keywords and icons, and nothing may have been caught and shown as a failure."""
     rec = Recorder()
     helper(rec, context)
-    functions = bpy.types.UILayout.bl_rna.functions
-    icons = {i.identifier for i in functions["label"].parameters["icon"].enum_items}
-    for name, _, kwargs in rec.calls:
-        assert name in functions, f"UILayout has no {name}()"
-        assert set(kwargs) <= {p.identifier for p in functions[name].parameters}, (name, kwargs)
-        assert kwargs.get("icon", "NONE") in icons, kwargs["icon"]
-    assert "Cannot show" not in rec.texts() and "Cannot read" not in rec.texts()
+    check_calls(rec)
+    assert "Cannot show" not in rec.text(" ") and "Cannot read" not in rec.text(" ")
     return rec
 
 
@@ -59,9 +32,7 @@ def context_for(active=None):
     bpy.context.view_layer.objects.active = active
     for obj in bpy.context.view_layer.objects:
         obj.select_set(obj == active)
-    return types.SimpleNamespace(scene=bpy.context.scene, view_layer=bpy.context.view_layer,
-                                 active_object=active, object=active,
-                                 selected_objects=[active] if active is not None else [])
+    return fake_context(active)
 
 
 @pytest.fixture()
@@ -127,9 +98,9 @@ def test_detect_fix_apply_and_save_as_a_preset(user_folder, settings, bvh_dir, c
     settings.preset, settings.show_mapping = "CUSTOM", True
     rows(obj)["left_knee"].bone = ""
     assert retarget_ops.mapping_problems(obj) == ["Required joints not mapped: left_knee."]
-    panel = drawn(retarget_ops.draw_mapping, context_for(obj)).texts()
+    panel = drawn(retarget_ops.draw_mapping, context_for(obj)).text(" ")
     assert "1 problem:" in panel and "Required joints not mapped: left_knee." in panel
-    options = drawn(retarget_ops.draw_retarget, context_for(obj)).texts()
+    options = drawn(retarget_ops.draw_retarget, context_for(obj)).text(" ")
     assert "bone mapping has 1 problem: see Bone Mapping." in options
     with pytest.raises(RuntimeError, match=r"cannot be used: Required joints not mapped: left_knee\. Fix it in "
                                            r"the IRG Motion panel \(Bone Mapping\)"):
@@ -191,7 +162,7 @@ def test_detect_fix_apply_and_save_as_a_preset(user_folder, settings, bvh_dir, c
     # A picked user preset whose file is removed: the panel says so, and detection is used meanwhile.
     (user_folder / "zed_rig.json").unlink()
     assert settings.preset == "" and retarget_ops.retarget_options(bpy.context)["preset"] == "auto"
-    assert "The rig preset picked before is gone" in drawn(retarget_ops.draw_retarget, context_for(obj)).texts()
+    assert "The rig preset picked before is gone" in drawn(retarget_ops.draw_retarget, context_for(obj)).text(" ")
 
 
 # Odd names, nothing a preset knows (German, with .L/.R sides), bones in centimetres with random
@@ -268,7 +239,7 @@ def test_draw_helpers_in_every_state(settings):
     settings.show_mapping = True
 
     def both(context) -> tuple[str, str]:
-        return drawn(retarget_ops.draw_mapping, context).texts(), drawn(retarget_ops.draw_retarget, context).texts()
+        return drawn(retarget_ops.draw_mapping, context).text(" "), drawn(retarget_ops.draw_retarget, context).text(" ")
 
     bare = types.SimpleNamespace(scene=types.SimpleNamespace(), view_layer=None, active_object=None)
     mapping, options = both(bare)

@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import bpy
@@ -19,6 +18,8 @@ import pytest
 import irg_blender_addon
 from irg_blender_addon import client, prefs
 from irg_blender_addon.client import BackendError
+from model_pieces import base_folder
+from ui_recorder import Recorder, check_calls, draw
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,39 +66,6 @@ STANDINS = {"model_backend": '__version__ = "0.1.0-standin"\n',
             "transformers": '__version__ = "5.24.0"\n'}
 
 
-class Recorder:
-    """A layout stand-in: records calls; every call returns itself (as in test_ui.py)."""
-
-    def __init__(self):
-        self.calls = []
-
-    def __getattr__(self, name):
-        def record(*args, **kwargs):
-            self.calls.append((name, args, kwargs))
-            return self
-        return record
-
-    def texts(self) -> str:
-        return "\n".join(kw.get("text", "") for name, _, kw in self.calls
-                         if name in ("label", "operator", "progress"))
-
-    def props(self) -> set[str]:
-        return {args[1] for name, args, _ in self.calls if name == "prop"}
-
-
-def check_calls(rec: Recorder) -> None:
-    functions = bpy.types.UILayout.bl_rna.functions
-    icons = {i.identifier for i in functions["label"].parameters["icon"].enum_items}
-    for name, args, kwargs in rec.calls:
-        assert name in functions, f"UILayout has no {name}()"
-        assert set(kwargs) <= {p.identifier for p in functions[name].parameters}, (name, kwargs)
-        assert kwargs.get("icon", "NONE") in icons, kwargs["icon"]
-        if name == "prop" and hasattr(args[0], "bl_rna"):  # a real property of real data
-            assert args[1] in args[0].bl_rna.properties, args[1]
-        if name == "template_list":
-            assert args[3] in args[2].bl_rna.properties and args[5] in args[4].bl_rna.properties
-
-
 def draw_prefs(p) -> Recorder:
     layout = Recorder()
     prefs.draw_preferences(layout, p)
@@ -106,10 +74,7 @@ def draw_prefs(p) -> Recorder:
 
 
 def draw_backend_panel() -> Recorder:
-    layout = Recorder()
-    prefs.IRG_PT_backend.draw(types.SimpleNamespace(layout=layout), bpy.context)
-    check_calls(layout)
-    return layout
+    return draw(prefs.IRG_PT_backend, bpy.context)
 
 
 @pytest.fixture()
@@ -204,7 +169,7 @@ def test_set_up_backend_builds_the_environment_and_uses_it(addon, offline_pip, t
     task = prefs.tasks.task
     assert task.running and task.job.base_python == sys.executable
     out = draw_prefs(addon)
-    assert "Set up backend: Creating environment" in out.texts() and "irg.cancel_task" in [
+    assert "Set up backend: Creating environment" in out.text() and "irg.cancel_task" in [
         a[0] for n, a, _ in out.calls if n == "operator"]
     assert not bpy.ops.irg.setup_backend.poll() and not bpy.ops.irg.convert_model.poll()
     prefs.wait_task(240)
@@ -215,7 +180,7 @@ def test_set_up_backend_builds_the_environment_and_uses_it(addon, offline_pip, t
     ran = subprocess.run([str(python), "-c", "import model_backend; print(model_backend.__version__)"],
                          capture_output=True, text=True, timeout=60, cwd=tmp_path)  # not the checkout's
     assert ran.stdout.strip() == "0.1.0-standin"
-    assert "Backend environment ready" in draw_prefs(addon).texts()
+    assert "Backend environment ready" in draw_prefs(addon).text()
 
     assert bpy.ops.irg.show_backend_log(source="TASK") == {"FINISHED"}
     log = bpy.data.texts[prefs.LOG_TEXTS["TASK"]].as_string()
@@ -234,7 +199,7 @@ def test_set_up_backend_refuses_a_bad_source_at_once(addon, tmp_path):
         bpy.ops.irg.setup_backend()
     assert prefs.tasks.task.job.state == "failed" and addon.backend_python == "/keep/this/python"
     assert not (tmp_path / "env").exists() and not (tmp_path / "env.new").exists()
-    assert "does not exist" in draw_prefs(addon).texts()
+    assert "does not exist" in draw_prefs(addon).text()
 
 
 # -- convert model -----------------------------------------------------------------------------
@@ -247,16 +212,7 @@ def pieces(backend_python, tmp_path) -> dict[str, Path]:
                           capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"))
     assert made.returncode == 0, made.stderr[-2000:]
-    start_id = json.loads((fx / "manifest.json").read_text())["motion_tokens"]["start_id"]
-    base = tmp_path / "base"
-    base.mkdir()
-    tokenizer = json.loads((fx / "llm/tokenizer.json").read_text())
-    tokenizer["added_tokens"] = [t for t in tokenizer["added_tokens"] if "Motion" not in t["content"]]
-    (base / "tokenizer.json").write_text(json.dumps(tokenizer))
-    shutil.copy(fx / "llm/tokenizer_config.json", base)
-    config = json.loads((fx / "llm/config.json").read_text())
-    config["vocab_size"] = start_id  # the base vocabulary, before the motion tokens
-    (base / "config.json").write_text(json.dumps(config))
+    base = base_folder(fx, tmp_path / "base")
     shutil.copy(fx / "llm/model.safetensors", tmp_path / "irg_stage2.safetensors")
     return {"checkpoint": tmp_path / "irg_stage2.safetensors", "base": base, "vqvae": fx / "vqvae.safetensors",
             "mean": fx / "mean.npy", "std": fx / "std.npy"}
@@ -292,25 +248,23 @@ def test_preferences_and_backend_panel_draw_in_every_state(addon, tmp_path):
             "max_motion_tokens", "max_trace_tokens", "temperature", "top_p", "seed",
             "show_setup_options"} <= out.props()
     assert "server_token" not in out.props() and "backend_source" not in out.props()
-    assert "Set Up Backend" in out.texts() and "Convert Model..." in out.texts()
-    assert "Not running: it starts on the first request." in out.texts()
+    assert "Set Up Backend" in out.text() and "Convert Model..." in out.text()
+    assert "Not running: it starts on the first request." in out.text()
     addon.show_setup_options = True
     out = draw_prefs(addon)
     assert {"backend_source", "torch_build", "torch_index_url", "backend_env_dir"} <= out.props()
-    assert f"Default folder: {prefs.default_env_dir()}" in out.texts()
+    assert f"Default folder: {prefs.default_env_dir()}" in out.text()
 
     addon.server_url, addon.server_token = "tcp://gpu-box:7700", "s" * 24
     out = draw_prefs(addon)
     assert "server_token" in out.props() and "backend_python" not in out.props()
     assert "s" * 24 not in repr(out.calls)
     panel = draw_backend_panel()
-    assert "Server" in panel.texts() and "Not running" in panel.texts()
+    assert "Server" in panel.text() and "Not running" in panel.text()
 
     addon.server_url = ""
     panel = draw_backend_panel()
-    assert "Local process" in panel.texts() and "Start" in panel.texts() and "Log" in panel.texts()
+    assert "Local process" in panel.text() and "Start" in panel.text() and "Log" in panel.text()
     addon.mode = "direct"
     addon.max_motion_tokens = 2
-    ctx_broken = types.SimpleNamespace(layout=Recorder())
-    prefs.IRG_PT_backend.draw(ctx_broken, bpy.context)  # still fine with a half-configured backend
-    check_calls(ctx_broken.layout)
+    draw(prefs.IRG_PT_backend, bpy.context)  # still fine with a half-configured backend

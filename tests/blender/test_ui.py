@@ -11,60 +11,10 @@ import pytest
 import irg_blender_addon
 from irg_blender_addon import actions, compat, jobs, operators, props, rig, ui
 from irg_blender_addon.prefs import ADDON_ID
-
-
-class Recorder:
-    """A layout stand-in: records prop/operator/label/... calls; every call returns itself."""
-
-    def __init__(self, calls=None):
-        self.calls = [] if calls is None else calls
-
-    def __getattr__(self, name):
-        def record(*args, **kwargs):
-            self.calls.append((name, args, kwargs))
-            return self
-        return record
-
-    def texts(self) -> list[str]:
-        return [kw.get("text", "") for name, _, kw in self.calls if name in ("label", "operator")]
-
-    def operators(self) -> list[str]:
-        return [args[0] for name, args, _ in self.calls if name == "operator"]
-
-    def operator_texts(self) -> list[str]:
-        return [kw.get("text", "") for name, _, kw in self.calls if name == "operator"]
-
-    def named(self, function: str) -> list[tuple]:
-        return [(args, kw) for name, args, kw in self.calls if name == function]
-
-
-def check_calls(rec: Recorder) -> None:
-    """Each recorded call is a real UILayout function with real keyword names and icon names."""
-    functions = bpy.types.UILayout.bl_rna.functions
-    icons = {i.identifier for i in functions["label"].parameters["icon"].enum_items}
-    for name, _, kwargs in rec.calls:
-        assert name in functions or hasattr(bpy.types.UILayout, name), f"UILayout has no {name}()"
-        if name in functions:
-            params = {p.identifier for p in functions[name].parameters}
-            assert set(kwargs) <= params, f"{name}() has no {set(kwargs) - params}"
-        assert kwargs.get("icon", "NONE") in icons, f"unknown icon {kwargs['icon']}"
-
-
-def draw(panel_cls, context) -> Recorder:
-    panel = types.SimpleNamespace(layout=Recorder())
-    panel_cls.draw(panel, context)
-    check_calls(panel.layout)
-    return panel.layout
+from ui_recorder import Recorder, check_calls, draw, fake_context
 
 
 PANELS = [c for c in ui.CLASSES if issubclass(c, bpy.types.Panel)]
-
-
-def fake_context(active=None):
-    return types.SimpleNamespace(
-        scene=bpy.context.scene, window_manager=bpy.context.window_manager, view_layer=bpy.context.view_layer,
-        preferences=bpy.context.preferences, active_object=active, object=active,
-        selected_objects=[active] if active is not None else [], mode="OBJECT")
 
 
 @pytest.fixture()
@@ -115,23 +65,19 @@ def hand_keyed_action(armature, name="hand_walk") -> bpy.types.Action:
     return action
 
 
-def joined(rec: Recorder) -> str:
-    return "\n".join(rec.texts())
-
-
 def test_no_armature_no_model(addon):
     out = all_panels(fake_context())
-    main = joined(out["IRG_PT_generate"])
+    main = out["IRG_PT_generate"].text()
     assert "irg.generate" in out["IRG_PT_generate"].operators()
     assert "a default rig will be created" in main
     assert "Backend Python and Model Folder" in main  # what to set, and where
     assert "preferences.addon_show" in out["IRG_PT_generate"].operators()
     assert out["IRG_PT_generate"].__dict__.get("module") == ADDON_ID  # opens this add-on's preferences
-    assert "No armature selected." in joined(out["IRG_PT_versions"])
-    assert "No reasoning yet." in joined(out["IRG_PT_trace"])
-    assert "Select an armature that plays" in joined(out["IRG_PT_review"])
+    assert "No armature selected." in out["IRG_PT_versions"].text()
+    assert "No reasoning yet." in out["IRG_PT_trace"].text()
+    assert "Select an armature that plays" in out["IRG_PT_review"].text()
     presets = out["IRG_MT_prompt_presets"]
-    assert "Everyday motions" in joined(presets)
+    assert "Everyday motions" in presets.text()
     assert "a person walks forward" in [kw for _, kw in presets.named("operator")][0]["text"]
 
 
@@ -146,7 +92,7 @@ def test_armature_with_versions_and_error_status(addon, monkeypatch, tmp_path):
     rt.status, rt.level = "The backend process stopped (exit status 1).\nLast lines of the log:\nboom", "ERROR"
     rt.trace, rt.assessment = "Analysis: walk forward " * 20, "Assessment: fine\nRefinement: No refinements needed."
     out = all_panels(fake_context(arm))
-    main = joined(out["IRG_PT_generate"])
+    main = out["IRG_PT_generate"].text()
     assert f"Armature: {arm.name}" in main
     assert "Set " not in main  # backend and model come from the environment
     assert "The backend process stopped (exit status 1)." in main and "boom" in main
@@ -154,11 +100,11 @@ def test_armature_with_versions_and_error_status(addon, monkeypatch, tmp_path):
     (args, kw), = versions.named("template_list")
     assert args == ("IRG_UL_versions", "", bpy.data, "actions", arm, "irg_version_index")
     assert versions.operators() == ["irg.toggle_keep", "irg.rename_version", "irg.delete_version"]
-    assert f"Round 2, generated from {first.name}" in joined(versions)  # the playing version's details
+    assert f"Round 2, generated from {first.name}" in versions.text()  # the playing version's details
     names, rows = list_rows(fake_context(arm), arm)
     assert names == [second.name, first.name]  # newest first
     assert rows[second.name].texts()[:4] == ["", second.name, "R2", "a walk"]
-    trace = joined(out["IRG_PT_trace"])
+    trace = out["IRG_PT_trace"].text()
     assert "Refinement: No refinements needed." in trace and "Analysis: walk forward" in trace
     assert all(len(t) <= ui.WRAP for t in out["IRG_PT_trace"].texts())
 
@@ -173,7 +119,7 @@ def test_running_job_shows_cancel_and_progress(addon, monkeypatch, tmp_path):
     out = draw(ui.IRG_PT_generate, fake_context())
     assert out.operators()[0] == "irg.cancel" and "irg.generate" not in out.operators()
     assert [kw for _, kw in out.named("progress")] == [{"factor": 0.25, "type": "BAR", "text": "Generate: 25%"}]
-    assert "Round 1: 12 motion tokens" in joined(out)
+    assert "Round 1: 12 motion tokens" in out.text()
     out = all_panels(fake_context())  # every panel, while a job runs
     assert "irg.critique" not in out["IRG_PT_review"].operators()  # nothing to review: no armature
 
@@ -182,9 +128,9 @@ def test_draw_survives_unregistered_properties():
     ctx = types.SimpleNamespace(scene=types.SimpleNamespace(), window_manager=types.SimpleNamespace(),
                                 active_object=None, object=None, selected_objects=[], view_layer=None)
     out = all_panels(ctx)
-    assert "not registered" in joined(out["IRG_PT_generate"])
-    assert "No reasoning yet." in joined(out["IRG_PT_trace"])
-    assert "No armature selected." in joined(out["IRG_PT_versions"])
+    assert "not registered" in out["IRG_PT_generate"].text()
+    assert "No reasoning yet." in out["IRG_PT_trace"].text()
+    assert "No armature selected." in out["IRG_PT_versions"].text()
 
 
 def test_preferences_draw(addon):
@@ -231,8 +177,8 @@ def test_versions_list_shows_only_this_armatures_versions(addon):
     # The playing Action is not a version: no row is active, the panel says how to play one.
     out = all_panels(fake_context(arm))
     assert arm.irg_version_index == bpy.data.actions.find(hand.name)
-    assert "The armature plays no version" in joined(out["IRG_PT_versions"])
-    review = joined(out["IRG_PT_review"])
+    assert "The armature plays no version" in out["IRG_PT_versions"].text()
+    review = out["IRG_PT_review"].text()
     assert f"{hand.name} (not a version: it is sampled from the rig)" in review
     assert "Type in the prompt what this motion should show." in review
     assert {"irg.critique", "irg.caption", "irg.refine"} <= set(out["IRG_PT_review"].operators())
@@ -258,15 +204,15 @@ def test_clicking_a_row_plays_that_version_and_loads_its_review(addon):
     arm.irg_version_index = bpy.data.actions.find(first.name)
     assert arm.animation_data.action == first
     assert (rt.review_action, rt.review_assessment, rt.instruction) == (first.name, "arms too low", "raise the arms")
-    review = joined(draw(ui.IRG_PT_review, fake_context(arm)))
+    review = draw(ui.IRG_PT_review, fake_context(arm)).text()
     assert "Assessment: arms too low" in review and "needs no refinement" not in review
     assert "Model's proposal" not in review  # the instruction field holds it unchanged
     rt.instruction = "raise the arms and clap"
-    review = joined(draw(ui.IRG_PT_review, fake_context(arm)))
+    review = draw(ui.IRG_PT_review, fake_context(arm)).text()
     assert "Model's proposal: raise the arms" in review  # still visible after the animator's edit
     arm.irg_version_index = bpy.data.actions.find(second.name)
     assert rt.review_refinement == props.SATISFIED and rt.instruction == ""  # the animator may still write one
-    assert "needs no refinement" in joined(draw(ui.IRG_PT_review, fake_context(arm)))
+    assert "needs no refinement" in draw(ui.IRG_PT_review, fake_context(arm)).text()
     plain = compat.new_action("not_a_version")
     arm.irg_version_index = bpy.data.actions.find(plain.name)  # not a version: ignored
     assert arm.animation_data.action == second
@@ -281,9 +227,9 @@ def test_live_preview_and_prompt_text_states(addon):
     text.write("a person walks forward,\n  then turns around\n\nand waves")
     bpy.context.scene.irg_motion.prompt_text = text
     out = all_panels(fake_context(arm))
-    assert "Live preview: wait for the motion to finish." in joined(out["IRG_PT_review"])
-    assert "No versions yet." in joined(out["IRG_PT_versions"])
-    main = " ".join(joined(out["IRG_PT_generate"]).split())
+    assert "Live preview: wait for the motion to finish." in out["IRG_PT_review"].text()
+    assert "No versions yet." in out["IRG_PT_versions"].text()
+    main = " ".join(out["IRG_PT_generate"].text().split())
     assert "Prompt from the text 'long prompt'" in main
     assert "a person walks forward, then turns around and waves" in main  # the prompt Generate sends
     assert props.scene_prompt(bpy.context.scene) == "a person walks forward, then turns around and waves"

@@ -10,13 +10,13 @@ import secrets
 import signal
 import subprocess
 import time
-import types
 
 import bpy
 import pytest
 
 from irg_blender_addon import batch, batch_ops, client, jobs, prefs, rig
 from irg_blender_addon.client import BackendError
+from ui_recorder import draw
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -61,36 +61,8 @@ def generate_fast(pump, addon_prefs) -> jobs.GenerateJob:
     return pump(jobs.manager.job, timeout=120)
 
 
-class Recorder:
-    """A layout stand-in: records calls; every call returns itself (as in tests/blender/test_ui.py)."""
-
-    def __init__(self):
-        self.calls = []
-
-    def __getattr__(self, name):
-        def record(*args, **kwargs):
-            self.calls.append((name, args, kwargs))
-            return self
-        return record
-
-    def texts(self) -> str:
-        return "\n".join(kw.get("text", "") for name, _, kw in self.calls if name in ("label", "operator"))
-
-
 def draw_backend_panel() -> str:
-    layout = Recorder()
-    prefs.IRG_PT_backend.draw(types.SimpleNamespace(layout=layout), bpy.context)
-    functions = bpy.types.UILayout.bl_rna.functions
-    icons = {i.identifier for i in functions["label"].parameters["icon"].enum_items}
-    for name, args, kwargs in layout.calls:
-        assert name in functions, name
-        assert set(kwargs) <= {p.identifier for p in functions[name].parameters}, (name, kwargs)
-        assert kwargs.get("icon", "NONE") in icons
-        if name == "prop" and hasattr(args[0], "bl_rna"):  # a real property of real data
-            assert args[1] in args[0].bl_rna.properties, args[1]
-        if name == "template_list":
-            assert args[3] in args[2].bl_rna.properties and args[5] in args[4].bl_rna.properties
-    return layout.texts()
+    return draw(prefs.IRG_PT_backend, bpy.context).text()
 
 
 def test_backend_killed_mid_stream(scene, addon_prefs, pump, counts):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from irg_blender_addon import actions, batch, batch_ops, compat, jobs, rig
+from ui_recorder import Recorder, draw, fake_context
 
 CSV = """prompt,seed,length
 a person walks forward,0,0.8
@@ -312,42 +313,8 @@ def test_bake_batch_for_scripts(scene, armature, backend_python, fixture_model):
 
 # -- the panel ---------------------------------------------------------------------------------
 
-class Recorder:
-    """A layout stand-in: records calls; every call returns itself (as in tests/blender/test_ui.py)."""
-
-    def __init__(self):
-        self.calls = []
-
-    def __getattr__(self, name):
-        def record(*args, **kwargs):
-            self.calls.append((name, args, kwargs))
-            return self
-        return record
-
-    def texts(self) -> str:
-        return "\n".join(kw.get("text", "") for name, _, kw in self.calls
-                         if name in ("label", "operator", "progress"))
-
-    def operators(self) -> list[str]:
-        return [args[0] for name, args, _ in self.calls if name == "operator"]
-
-
 def draw_batch_panel() -> Recorder:
-    layout = Recorder()
-    context = types.SimpleNamespace(scene=bpy.context.scene, window_manager=bpy.context.window_manager)
-    batch_ops.IRG_PT_batch.draw(types.SimpleNamespace(layout=layout), context)
-    functions = bpy.types.UILayout.bl_rna.functions
-    icons = {i.identifier for i in functions["label"].parameters["icon"].enum_items}
-    for name, args, kwargs in layout.calls:
-        assert name in functions or hasattr(bpy.types.UILayout, name), name
-        if name in functions:
-            assert set(kwargs) <= {p.identifier for p in functions[name].parameters}, (name, kwargs)
-        assert kwargs.get("icon", "NONE") in icons, kwargs["icon"]
-        if name == "prop" and hasattr(args[0], "bl_rna"):  # a real property of real data
-            assert args[1] in args[0].bl_rna.properties, args[1]
-        if name == "template_list":
-            assert args[3] in args[2].bl_rna.properties and args[5] in args[4].bl_rna.properties
-    return layout
+    return draw(batch_ops.IRG_PT_batch, fake_context())
 
 
 def test_batch_panel_draws_in_every_state(scene, fast, armature, pump):
@@ -363,17 +330,15 @@ def test_batch_panel_draws_in_every_state(scene, fast, armature, pump):
         if job.running:
             drawn_running += 1
             assert "irg.batch_cancel" in out.operators() and "irg.batch_bake" not in out.operators()
-            assert f"{job.position} of 5" in out.texts()
+            assert f"{job.position} of 5" in out.text()
     assert drawn_running >= 1
     out = draw_batch_panel()
-    assert "Retry Failed (1)" in out.texts() and "Failed (1)" in out.texts()
-    assert "3. a person jumps: The length 30 s is longer" in out.texts()
+    assert "Retry Failed (1)" in out.text() and "Failed (1)" in out.text()
+    assert "3. a person jumps: The length 30 s is longer" in out.text()
     item_rows = Recorder()
     ul = types.SimpleNamespace()
     for item in items():
         batch_ops.IRG_UL_batch_items.draw_item(ul, bpy.context, item_rows, scene.irg_batch, item, 0, None, "", 0)
-    assert "seed 1" in item_rows.texts() and "0.8 s" in item_rows.texts()
+    assert "seed 1" in item_rows.text() and "0.8 s" in item_rows.text()
     ctx = types.SimpleNamespace(scene=types.SimpleNamespace(), window_manager=None)
-    layout = Recorder()
-    batch_ops.IRG_PT_batch.draw(types.SimpleNamespace(layout=layout), ctx)
-    assert "not registered" in layout.texts()
+    assert "not registered" in draw(batch_ops.IRG_PT_batch, ctx).text()

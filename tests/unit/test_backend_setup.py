@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from irg_blender_addon.backend_setup import BackendSetupJob, PipOutput, StepResult, venv_python
+from job_runs import pump_to_end, run_job
 
 # A PEP 517 backend inside the project, so pip builds it offline with nothing to download.
 DUMMY_BACKEND = '''\
@@ -95,20 +96,7 @@ def projects(tmp_path_factory) -> dict[str, Path]:
 
 
 def _run(job: BackendSetupJob, timeout: float = 120.0, while_running=None) -> list[tuple[float, str]]:
-    """start() and pump() until the job ends, as a timer would; (progress, stage) after each pump."""
-    job.start()
-    samples = [(job.progress, job.stage)]
-    deadline = time.monotonic() + timeout
-    while job.pump():
-        samples.append((job.progress, job.stage))
-        if while_running is not None:
-            while_running(job)
-        if time.monotonic() > deadline:
-            job.cancel(wait=True)
-            pytest.fail(f"setup still running after {timeout} s at {job.stage!r}:\n{job.log_tail(20)}")
-        time.sleep(0.02)
-    samples.append((job.progress, job.stage))
-    return samples
+    return run_job(job, timeout, while_running=while_running)
 
 
 def _stages(samples) -> list[str]:
@@ -261,10 +249,7 @@ def test_cancel_stops_the_subprocess_and_leaves_nothing(projects, tmp_path):
         assert job.pump() and time.monotonic() < deadline, job.log_tail(20)
         time.sleep(0.02)
     job.cancel()
-    deadline = time.monotonic() + 15
-    while job.pump():
-        assert time.monotonic() < deadline, job.log_tail(20)
-        time.sleep(0.02)
+    pump_to_end(job, 15)
     assert job.state == "cancelled" and job.stage == "Cancelled" and job.error is None and job.result is None
     assert _live_members(pid) == []  # the step's whole process group (venv and its ensurepip) has ended
     assert not env.exists() and not env.with_name("env.new").exists()

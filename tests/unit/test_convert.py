@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -15,27 +14,13 @@ from model_backend.convert import ConvertError, add_convert_arguments, convert, 
 from model_backend.fixture import make_fixture
 from model_backend.loader import load_llm
 from model_backend.manifest import read_manifest
+from model_pieces import base_folder
 
 NEW = 514
 
 
 class NotATensor:
     """A custom class: torch.load(weights_only=True) must refuse to unpickle it."""
-
-
-def _base_folder(fx: Path, out: Path, text_tokens: int, weights: dict | None = None) -> Path:
-    """The released-base equivalent of a fixture: config and tokenizer before the motion tokens."""
-    out.mkdir()
-    tok = json.loads((fx / "llm/tokenizer.json").read_text())
-    tok["added_tokens"] = [t for t in tok["added_tokens"] if "Motion" not in t["content"]]
-    (out / "tokenizer.json").write_text(json.dumps(tok))
-    shutil.copy(fx / "llm/tokenizer_config.json", out)
-    config = json.loads((fx / "llm/config.json").read_text())
-    config["vocab_size"] = text_tokens
-    (out / "config.json").write_text(json.dumps(config))
-    if weights is not None:
-        save_file(weights, str(out / "model.safetensors"))
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +39,10 @@ def pieces(tmp_path_factory):
     ids = torch.tensor([text + [v, v + 2, v + 300, v + NEW - 1, v + 1]])
     with torch.no_grad():
         logits = ref.model(ids).logits
+    with_weights = base_folder(fx, root / "base_weights")
+    save_file(base_weights, str(with_weights / "model.safetensors"))
     return {"root": root, "fx": fx, "v": v, "sd": sd, "vq": vq, "ids": ids, "logits": logits,
-            "base": _base_folder(fx, root / "base", v),
-            "base_weights": _base_folder(fx, root / "base_weights", v, base_weights)}
+            "base": base_folder(fx, root / "base"), "base_weights": with_weights}
 
 
 def _convert(p, ckpt_obj, name: str, *, vqvae: bool = True, base: str = "base", **kw) -> Path:

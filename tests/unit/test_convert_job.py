@@ -2,8 +2,6 @@
 model; inputs checked before anything runs; the token only in the environment; cancel."""
 from __future__ import annotations
 
-import json
-import shutil
 import time
 from pathlib import Path
 
@@ -12,8 +10,10 @@ import torch
 from safetensors.torch import load_file
 
 from irg_blender_addon.convert_job import ConverterOutput, ConvertJob
+from job_runs import pump_to_end, run_job
 from model_backend.fixture import make_fixture
 from model_backend.manifest import read_manifest
+from model_pieces import base_folder
 
 TOKEN = "hf_irgTestTokenThatMustNotLeak"
 
@@ -23,16 +23,7 @@ def pieces(tmp_path_factory) -> dict[str, Path]:
     """A fixture model split into what a user downloads: checkpoint, base config+tokenizer, VQ-VAE, stats."""
     root = tmp_path_factory.mktemp("convert-job")
     fx = make_fixture(root / "fx", seed=0)
-    start_id = read_manifest(fx)["motion_tokens"]["start_id"]
-    base = root / "base"
-    base.mkdir()
-    tok = json.loads((fx / "llm/tokenizer.json").read_text())
-    tok["added_tokens"] = [t for t in tok["added_tokens"] if "Motion" not in t["content"]]
-    (base / "tokenizer.json").write_text(json.dumps(tok))
-    shutil.copy(fx / "llm/tokenizer_config.json", base)
-    config = json.loads((fx / "llm/config.json").read_text())
-    config["vocab_size"] = start_id  # the base vocabulary, before the motion tokens
-    (base / "config.json").write_text(json.dumps(config))
+    base = base_folder(fx, root / "base")
     torch.save(load_file(str(fx / "llm/model.safetensors")), root / "irg_stage2.pth")
     torch.save({"net": load_file(str(fx / "vqvae.safetensors"))}, root / "vqvae.pth")
     return {"root": root, "checkpoint": root / "irg_stage2.pth", "base": base, "vqvae": root / "vqvae.pth",
@@ -46,18 +37,8 @@ def _job(backend_python, p, out: Path, **kw) -> ConvertJob:
 
 
 def _run(job: ConvertJob, timeout: float = 180.0) -> list[tuple[float, str]]:
-    """start() and pump() to the end; one output line per pump, so every stage is sampled."""
-    job.start()
-    samples = [(job.progress, job.stage)]
-    deadline = time.monotonic() + timeout
-    while job.pump(max_lines=1):
-        samples.append((job.progress, job.stage))
-        if time.monotonic() > deadline:
-            job.cancel(wait=True)
-            pytest.fail(f"conversion still running after {timeout} s at {job.stage!r}:\n{job.log_tail(20)}")
-        time.sleep(0.02)
-    samples.append((job.progress, job.stage))
-    return samples
+    """One output line per pump, so every stage is sampled."""
+    return run_job(job, timeout, max_lines=1)
 
 
 def _leftovers(out: Path) -> list[Path]:
@@ -155,10 +136,7 @@ def test_cancel_stops_the_converter_and_leaves_nothing(backend_python, pieces):
     assert job.pid is not None
     time.sleep(0.5)
     job.cancel()
-    deadline = time.monotonic() + 20
-    while job.pump():
-        assert time.monotonic() < deadline, job.log_tail(20)
-        time.sleep(0.02)
+    pump_to_end(job, 20)
     assert job.state == "cancelled" and job.result is None and job.error is None and job.pid is None
     assert not out.exists() and not _leftovers(out)
 

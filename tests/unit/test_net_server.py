@@ -8,7 +8,6 @@ ends a trace): they exist to be cancelled.
 from __future__ import annotations
 
 import json
-import os
 import select
 import signal
 import socket
@@ -24,10 +23,8 @@ from model_backend.net_server import (AUTH_LINE_BYTES, MAX_LINE_BYTES, EngineGat
                                       SocketLines, _same_token, is_loopback, parse_listen, read_token,
                                       server_config)
 from model_backend.protocol import PROTOCOL_VERSION
+from serve_process import ROOT, STEP_S, TcpServer, backend_env, write_token_file
 
-ROOT = Path(__file__).resolve().parents[2]
-STARTUP_S = 90.0
-STEP_S = 20.0
 TOKEN = "k3-Vq8sT0pXc1mN7bR4yL9zW2aE5hJ6u"
 
 
@@ -163,50 +160,6 @@ def test_socket_lines_split_chunks_cap_the_length_and_honour_the_deadline():
 
 # ---------------------------------------------------------------- the real server process
 
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "IRG_SERVER_TOKEN"}
-    return {**env, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **extra}
-
-
-class Server:
-    """`python -m model_backend serve --listen 127.0.0.1:0 ...` and the port it printed."""
-
-    def __init__(self, python: Path, model_dir: Path, *args: str):
-        self.proc = subprocess.Popen(
-            [str(python), "-m", "model_backend", "serve", "--listen", "127.0.0.1:0", "--model", str(model_dir),
-             "--device", "cpu", *args], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, env=_env(), cwd=ROOT)
-        self.log: list[str] = []
-        self.port: int | None = None
-        self._listening = threading.Event()
-        threading.Thread(target=self._read_stderr, daemon=True).start()
-        if not self._listening.wait(STARTUP_S) or self.port is None:
-            self.proc.kill()
-            raise AssertionError("the server did not print `listening on`:\n" + "".join(self.log[-30:]))
-
-    def _read_stderr(self) -> None:
-        for raw in self.proc.stderr:
-            line = raw.decode("utf-8", "replace")
-            self.log.append(line)
-            if line.startswith("listening on 127.0.0.1:"):
-                self.port = int(line.strip().rsplit(":", 1)[1])
-                self._listening.set()
-        self._listening.set()
-
-    def text(self) -> str:
-        return "".join(self.log)
-
-    def end(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(STEP_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-
 class Peer:
     """A raw protocol connection: JSON lines over a socket to 127.0.0.1."""
 
@@ -251,15 +204,12 @@ def model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def token_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("token") / "token.txt"
-    path.write_text(TOKEN + "\n")
-    path.chmod(0o600)
-    return path
+    return write_token_file(tmp_path_factory.mktemp("token"), TOKEN + "\n")
 
 
 @pytest.fixture(scope="module")
 def server(backend_python, model_dir, token_file):
-    srv = Server(backend_python, model_dir, "--token-file", str(token_file))
+    srv = TcpServer(backend_python, model_dir, "--token-file", str(token_file))
     yield srv
     srv.end()
 
@@ -352,7 +302,7 @@ def test_sigterm_cancels_running_work_says_bye_to_everyone_and_exits_0(server):
 
 def test_loopback_without_token_says_ready_at_once_and_remote_shutdown_only_when_allowed(backend_python,
                                                                                         model_dir):
-    srv = Server(backend_python, model_dir, "--allow-remote-shutdown")
+    srv = TcpServer(backend_python, model_dir, "--allow-remote-shutdown")
     try:
         first = Peer(srv.port)
         assert first.next()["event"] == "ready"  # no auth needed on loopback without a token
@@ -374,7 +324,7 @@ def test_loopback_without_token_says_ready_at_once_and_remote_shutdown_only_when
 
 def test_serving_a_non_loopback_address_without_a_token_is_refused_before_anything_loads(backend_python, model_dir):
     out = subprocess.run([str(backend_python), "-m", "model_backend", "serve", "--listen", "0.0.0.0:0", "--model",
-                          str(model_dir)], capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=STEP_S)
+                          str(model_dir)], capture_output=True, text=True, env=backend_env(), cwd=ROOT, timeout=STEP_S)
     assert out.returncode == 2
     assert out.stderr.startswith("irg-motion serve: error: refusing to listen on 0.0.0.0:0 without a token")
     assert "listening on" not in out.stderr

@@ -7,10 +7,7 @@ cancelled, so a prompt finish proves the cancel.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -23,50 +20,11 @@ from irg_blender_addon import remote_client
 from irg_blender_addon.client import BackendError
 from irg_blender_addon.remote_client import RemoteBackendClient, get_remote_client, parse_url
 from model_backend.protocol import PROTOCOL_VERSION, decode_array
+from serve_process import STEP_S, TcpServer, write_token_file
 
-ROOT = Path(__file__).resolve().parents[2]
-STARTUP_S = 90.0
-STEP_S = 20.0
 TOKEN = "Zt5-remote-client-test-token-0042"
 DIRECT = {"type": "generate", "prompt": "a person jumps", "mode": "direct", "max_motion_tokens": 4}
 LONG = {"type": "generate", "prompt": "a person walks forward", "max_new_tokens": 60000}  # ~6 min unless cancelled
-
-
-class Server:
-    """The server subprocess and the port it printed (`listening on 127.0.0.1:PORT`)."""
-
-    def __init__(self, python: Path, model_dir: Path, token_file: Path):
-        env = {k: v for k, v in os.environ.items() if k != "IRG_SERVER_TOKEN"}
-        env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-        self.proc = subprocess.Popen(
-            [str(python), "-m", "model_backend", "serve", "--listen", "127.0.0.1:0", "--model", str(model_dir),
-             "--device", "cpu", "--token-file", str(token_file)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=ROOT)
-        self.log: list[str] = []
-        self.port = 0
-        listening = threading.Event()
-
-        def read() -> None:
-            for raw in self.proc.stderr:
-                self.log.append(raw.decode("utf-8", "replace"))
-                if self.log[-1].startswith("listening on 127.0.0.1:"):
-                    self.port = int(self.log[-1].strip().rsplit(":", 1)[1])
-                    listening.set()
-            listening.set()
-        threading.Thread(target=read, daemon=True).start()
-        if not listening.wait(STARTUP_S) or not self.port:
-            self.proc.kill()
-            raise AssertionError("no `listening on` from the server:\n" + "".join(self.log[-30:]))
-        self.url = f"tcp://127.0.0.1:{self.port}"
-
-    def end(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(STEP_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -78,15 +36,12 @@ def model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def token_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("token") / "token.txt"
-    path.write_text(TOKEN)
-    path.chmod(0o600)
-    return path
+    return write_token_file(tmp_path_factory.mktemp("token"), TOKEN)
 
 
 @pytest.fixture(scope="module")
 def server(backend_python, model_dir, token_file):
-    srv = Server(backend_python, model_dir, token_file)
+    srv = TcpServer(backend_python, model_dir, "--token-file", str(token_file))
     yield srv
     srv.end()
 
@@ -276,7 +231,7 @@ def test_registry_reuses_a_client_per_url_and_token(server):
 
 def test_losing_the_server_mid_generation_leaves_a_dead_client_with_a_clear_message(backend_python, model_dir,
                                                                                    token_file, clients):
-    srv = Server(backend_python, model_dir, token_file)
+    srv = TcpServer(backend_python, model_dir, "--token-file", str(token_file))
     try:
         client = connect(clients, srv.url)
         client.wait_ready(STEP_S)

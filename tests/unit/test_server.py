@@ -21,6 +21,7 @@ import pytest
 
 from model_backend.protocol import PROTOCOL_VERSION, ProtocolError, decode_array, encode_array
 from model_backend.server import validate_request
+from serve_process import stop_process
 
 STARTUP_S = 120.0  # importing torch + loading, on a busy 2-core machine
 STEP_S = 30.0
@@ -133,17 +134,14 @@ class Backend:
         return [e for e in events if e.get("id") == rid]
 
     def close(self) -> int:
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.close()
-            except OSError:
-                pass
-            try:
-                self.proc.wait(STEP_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        """Close its stdin (the server's clean end), else kill; the return code."""
+        return stop_process(self.proc, self._close_stdin, STEP_S)
+
+    def _close_stdin(self) -> None:
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
 
 
 @pytest.fixture(scope="module")
