@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .manifest import FIX_HINT, VQVAE_KEYS, ModelFolderError, read_manifest
+from .manifest import FIX_HINT, VQVAE_KEYS, ModelFolderError, folder_error, read_manifest
 from .motion import contacts_from_features, features_to_joints, joints_to_features, resample
 from .skeleton import FRAMES_PER_TOKEN, Skeleton, from_blender, skeleton_for, to_blender
 from .vqvae import VQVAE, load_vqvae
@@ -58,7 +58,7 @@ class MotionCodec:
         hparams = {k: manifest["vqvae"][k] for k in VQVAE_KEYS if k != "file"}
         vq_path = folder / manifest["vqvae"]["file"]
         if not vq_path.is_file():
-            raise ModelFolderError(f"model folder {folder}: {manifest['vqvae']['file']} is missing; {FIX_HINT}")
+            raise folder_error(folder, f"{manifest['vqvae']['file']} is missing")
         vqvae = load_vqvae(vq_path, **hparams)
         mean = _load_stat(folder / "mean.npy", skeleton.feature_size, positive=False)
         std = _load_stat(folder / "std.npy", skeleton.feature_size, positive=True)
@@ -153,7 +153,7 @@ class MotionCodec:
 def _load_stat(path: Path, size: int, positive: bool) -> np.ndarray:
     """mean.npy / std.npy as float32 (size,), checked: finite, and > 0 for the std."""
     if not path.is_file():
-        raise ModelFolderError(f"model folder {path.parent}: {path.name} is missing; {FIX_HINT}")
+        raise folder_error(path.parent, f"{path.name} is missing")
     try:
         arr = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as exc:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import importlib.metadata
 import json
 import os
 import re
@@ -37,7 +36,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .manifest import ModelFolderError, read_manifest, sha256_file, write_manifest
+from .manifest import (FORMAT, FORMAT_VERSION, ModelFolderError, created_by, make_readable, read_manifest,
+                       sha256_file, write_manifest)
 from .skeleton import Skeleton, skeleton_for
 from .vocab import NUM_MOTION_CODES, MotionVocab, MotionVocabError, add_motion_tokens
 from .weights import read_weights
@@ -178,8 +178,8 @@ def _stock_tokenizer(base_dir: Path) -> tuple[bool, str]:
     return True, f"{', '.join(present)} match the stock google/gemma-2-2b-it tokenizer"
 
 
-def _load_base(base_dir: Path) -> tuple[Any, Any, int]:
-    """(Gemma-2 config, tokenizer with the 514 motion tokens, number of text tokens V)."""
+def _load_base(base_dir: Path) -> tuple[Any, Any, MotionVocab]:
+    """(Gemma-2 config, tokenizer with the 514 motion tokens, their ids; V text tokens = start_id)."""
     from transformers import AutoConfig, AutoTokenizer
 
     if not (base_dir / "config.json").is_file():
@@ -194,15 +194,14 @@ def _load_base(base_dir: Path) -> tuple[Any, Any, int]:
                            f"{'' if config.model_type != 'gemma2' else ' with untied embeddings'}; "
                            "IRG-MotionLLM is Gemma-2-2b-it (tied embeddings)")
     try:
-        add_motion_tokens(tokenizer)
-        vocab = MotionVocab.from_tokenizer(tokenizer)
+        vocab = add_motion_tokens(tokenizer)
     except MotionVocabError as exc:
         raise ConvertError(f"{base_dir}: tokenizer: {exc}") from None
     if vocab.all_ids[-1] + 1 != len(tokenizer):
         raise ConvertError(f"{base_dir}: the tokenizer has {len(tokenizer)} tokens but the motion tokens end at "
                            f"id {vocab.all_ids[-1]}: tokens were added after them; start from the base tokenizer")
     config.vocab_size = len(tokenizer)  # what resize_token_embeddings(len(tokenizer)) did in training
-    return config, tokenizer, vocab.start_id
+    return config, tokenizer, vocab
 
 
 # ---------------------------------------------------------------- reading the checkpoint
@@ -514,12 +513,8 @@ def _sources(files: list[tuple[str, Path]], progress: Progress) -> list[dict[str
 
 def _manifest(skeleton: Skeleton, stage: int, vqvae: Any, vocab: MotionVocab, sources: list[dict[str, Any]],
               dtype: str, parameters: int, stock: bool) -> dict[str, Any]:
-    try:
-        version = importlib.metadata.version("irg-motion")
-    except importlib.metadata.PackageNotFoundError:  # running from a source tree
-        version = "dev"
     return {
-        "format": "irg-motion-model", "format_version": 1,
+        "format": FORMAT, "format_version": FORMAT_VERSION,
         "name": f"IRG-MotionLLM-{skeleton.name} stage {stage}",
         "stage": stage, "dataset": skeleton.name, "feature_size": skeleton.feature_size,
         "num_joints": skeleton.num_joints, "fps": skeleton.fps, "fixture": False,
@@ -527,7 +522,7 @@ def _manifest(skeleton: Skeleton, stage: int, vqvae: Any, vocab: MotionVocab, so
         "motion_tokens": vocab.to_manifest(),
         "dtype": dtype, "parameters": parameters, "stock_tokenizer": stock,
         "sources": sources,
-        "created_by": f"irg-motion {version} convert",
+        "created_by": created_by("convert"),
         "created_at": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
 
@@ -593,7 +588,7 @@ def convert(irg_checkpoint: str | Path, base: str | Path, vqvae: str | Path | No
     base_dir = _resolve_base(base, token, log)
     stock, stock_text = _stock_tokenizer(base_dir)
     log(f"tokenizer: {stock_text}" if stock else f"warning: not the stock Gemma-2-2b-it tokenizer: {stock_text}")
-    config, tokenizer, text_tokens = _load_base(base_dir)
+    config, tokenizer, vocab = _load_base(base_dir)
 
     progress("reading checkpoint", 0.0)
     ckpt = _split_checkpoint(ckpt_path, read_weights(ckpt_path, ConvertError))
@@ -619,13 +614,12 @@ def convert(irg_checkpoint: str | Path, base: str | Path, vqvae: str | Path | No
         model = _meta_model(config, torch_dtype)
         parameters = sum(p.numel() for p in model.parameters())
         _check_disk(out.parent, parameters * torch_dtype.itemsize)
-        state = _assemble_state(ckpt_path, base_dir, ckpt, model, text_tokens, torch_dtype, log, progress)
+        state = _assemble_state(ckpt_path, base_dir, ckpt, model, vocab.start_id, torch_dtype, log, progress)
         progress("writing llm/model.safetensors", 0.0)
         _write_llm(work, config, tokenizer, base_dir, model, state)
         progress("writing llm/model.safetensors", 1.0)
         np.save(work / "mean.npy", mean_arr)
         np.save(work / "std.npy", std_arr)
-        vocab = MotionVocab.from_tokenizer(tokenizer)
         files = [("irg_checkpoint", ckpt_path), *([("vqvae", vq_path)] if vq_path else []),
                  ("mean", mean_path), ("std", std_path)]
         files += [(f"base_{n.split('.')[0]}", base_dir / n) for n in ("config.json", *STOCK_TOKENIZER_FILES)
@@ -635,7 +629,7 @@ def convert(irg_checkpoint: str | Path, base: str | Path, vqvae: str | Path | No
         progress("verifying", 0.0)
         _verify(work, state, vocab, vq_model.hparams)
         progress("verifying", 1.0)
-        _make_readable(work)
+        make_readable(work)
         if out.exists():
             out.rmdir()  # checked empty above
         os.replace(work, out)
@@ -661,12 +655,6 @@ def _check_disk(folder: Path, weight_bytes: int) -> None:
     if free < need:
         raise ConvertError(f"{folder}: {free / 1e9:.1f} GB free on disk, the converted model needs about "
                            f"{need / 1e9:.1f} GB: free space or choose another --out")
-
-
-def _make_readable(folder: Path) -> None:
-    """mkdtemp and safetensors create private files; a model folder is meant to be shared."""
-    for path in (folder, *folder.rglob("*")):
-        os.chmod(path, 0o755 if path.is_dir() else 0o644)
 
 
 def _summary(out: Path, parameters: int, dtype: str, vocab: MotionVocab, skeleton: Skeleton, stage: int,

@@ -9,7 +9,6 @@ gives byte-identical files. Its motion is noise: it exercises code, not quality.
 """
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import shutil
 import tempfile
@@ -18,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from .manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, ModelFolderError, read_manifest, write_manifest
+from .manifest import (FORMAT, FORMAT_VERSION, MANIFEST_NAME, ModelFolderError, created_by, make_readable,
+                       read_manifest, write_manifest)
 from .skeleton import Skeleton, skeleton_for
 from .vocab import MotionVocab, add_motion_tokens
 
@@ -160,10 +160,6 @@ def feature_statistics(skeleton: Skeleton, seed: int) -> tuple[np.ndarray, np.nd
 
 
 def _manifest(skeleton: Skeleton, seed: int, stage: int, vqvae: Any, vocab: MotionVocab) -> dict[str, Any]:
-    try:
-        version = importlib.metadata.version("irg-motion")
-    except importlib.metadata.PackageNotFoundError:  # running from a source tree
-        version = "dev"
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "name": f"tiny fixture (seed {seed}, untrained: its motion is noise)",
@@ -173,7 +169,7 @@ def _manifest(skeleton: Skeleton, seed: int, stage: int, vqvae: Any, vocab: Moti
         "motion_tokens": vocab.to_manifest(),
         "sources": [],
         # No created_at: a fixture must be byte-identical for the same seed.
-        "created_by": f"irg-motion {version} make-fixture",
+        "created_by": created_by("make-fixture"),
     }
 
 
@@ -226,7 +222,7 @@ def make_fixture(out_dir: str | Path, seed: int = 0, *, dataset: str = "HumanML3
         np.save(work / "mean.npy", mean)
         np.save(work / "std.npy", std)
         write_manifest(work, _manifest(skeleton, seed, stage, vqvae, MotionVocab.from_tokenizer(tokenizer)))
-        _make_readable(work)
+        make_readable(work)
         _swap_into_place(work, out_dir)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
@@ -242,12 +238,6 @@ def _save_llm(llm_dir: Path, llm: Any, generation: Any, tokenizer: Any) -> None:
         llm.save_pretrained(llm_dir)
     generation.save_pretrained(llm_dir)
     tokenizer.save_pretrained(llm_dir)
-
-
-def _make_readable(folder: Path) -> None:
-    """mkdtemp and safetensors create private files; a model folder is meant to be shared."""
-    for path in (folder, *folder.rglob("*")):
-        os.chmod(path, 0o755 if path.is_dir() else 0o644)
 
 
 def _swap_into_place(work: Path, out_dir: Path, attempts: int = 3) -> None:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from .manifest import FIX_HINT, ModelFolderError, read_manifest
+from .manifest import folder_error, read_manifest
 from .vocab import MotionVocab, MotionVocabError
 
 __all__ = ["LoadedLLM", "LoaderError", "InsufficientMemoryError", "load_llm", "resolve_device",
@@ -210,20 +210,16 @@ def _device_facts(device: str) -> tuple[int, bool, str]:
 
 # ---------------------------------------------------------------- folder checks
 
-def _folder_error(model_dir: Path, problem: str) -> ModelFolderError:
-    return ModelFolderError(f"model folder {model_dir}: {problem}; {FIX_HINT}")
-
-
 def _check_llm_dir(model_dir: Path) -> Path:
     llm_dir = model_dir / "llm"
     if not llm_dir.is_dir():
-        raise _folder_error(model_dir, "the llm/ folder is missing")
+        raise folder_error(model_dir, "the llm/ folder is missing")
     needed = {"config.json": ("config.json",),
               "tokenizer.json": ("tokenizer.json", "tokenizer.model"),
               "model.safetensors": ("model.safetensors", "model.safetensors.index.json")}
     for name, options in needed.items():
         if not any((llm_dir / o).is_file() for o in options):
-            raise _folder_error(model_dir, f"llm/{name} is missing")
+            raise folder_error(model_dir, f"llm/{name} is missing")
     return llm_dir
 
 
@@ -233,12 +229,12 @@ def _load_config(model_dir: Path, llm_dir: Path) -> Any:
     try:
         config = AutoConfig.from_pretrained(llm_dir, local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as exc:
-        raise _folder_error(model_dir, f"llm/config.json cannot be read ({exc})") from None
+        raise folder_error(model_dir, f"llm/config.json cannot be read ({exc})") from None
     if config.model_type != "gemma2":
-        raise _folder_error(model_dir, f"llm/ holds a {config.model_type!r} model; IRG-MotionLLM is Gemma-2")
+        raise folder_error(model_dir, f"llm/ holds a {config.model_type!r} model; IRG-MotionLLM is Gemma-2")
     if getattr(config, "quantization_config", None):
-        raise _folder_error(model_dir, "llm/ holds a quantised save; the loader quantises at load time and "
-                                       "needs the full-precision weights")
+        raise folder_error(model_dir, "llm/ holds a quantised save; the loader quantises at load time and "
+                                      "needs the full-precision weights")
     return config
 
 
@@ -248,23 +244,23 @@ def _load_tokenizer(model_dir: Path, llm_dir: Path, manifest: dict[str, Any], co
     try:
         tokenizer = AutoTokenizer.from_pretrained(llm_dir, local_files_only=True, trust_remote_code=False)
     except Exception as exc:  # tokenizers raises its own exception types for a damaged tokenizer.json
-        raise _folder_error(model_dir, f"the llm/ tokenizer cannot be read ({type(exc).__name__}: {exc})") from None
+        raise folder_error(model_dir, f"the llm/ tokenizer cannot be read ({type(exc).__name__}: {exc})") from None
     try:
         vocab = MotionVocab.from_tokenizer(tokenizer)
     except MotionVocabError as exc:
-        raise _folder_error(model_dir, f"llm/ tokenizer: {exc}") from None
+        raise folder_error(model_dir, f"llm/ tokenizer: {exc}") from None
     expected = MotionVocab.from_manifest(manifest["motion_tokens"])
     if vocab != expected:
-        raise _folder_error(model_dir, f"the tokenizer puts the motion tokens at {vocab.start_id}.."
-                                       f"{vocab.all_ids[-1]} but manifest.json says {expected.start_id}.."
-                                       f"{expected.all_ids[-1]}: tokenizer and manifest come from different conversions")
+        raise folder_error(model_dir, f"the tokenizer puts the motion tokens at {vocab.start_id}.."
+                                      f"{vocab.all_ids[-1]} but manifest.json says {expected.start_id}.."
+                                      f"{expected.all_ids[-1]}: tokenizer and manifest come from different conversions")
     if len(tokenizer) > config.vocab_size:
-        raise _folder_error(model_dir, f"the tokenizer has {len(tokenizer)} tokens but the model's embedding has "
-                                       f"{config.vocab_size} rows: the embedding was not resized to the vocabulary")
+        raise folder_error(model_dir, f"the tokenizer has {len(tokenizer)} tokens but the model's embedding has "
+                                      f"{config.vocab_size} rows: the embedding was not resized to the vocabulary")
     first = tokenizer("x").input_ids
     if tokenizer.bos_token_id is None or not first or first[0] != tokenizer.bos_token_id:
-        raise _folder_error(model_dir, "the tokenizer does not add <bos> when encoding (Gemma's does, and the "
-                                       "model was trained with it): set add_bos_token true in llm/tokenizer_config.json")
+        raise folder_error(model_dir, "the tokenizer does not add <bos> when encoding (Gemma's does, and the "
+                                      "model was trained with it): set add_bos_token true in llm/tokenizer_config.json")
     return tokenizer, vocab
 
 
@@ -291,7 +287,7 @@ def _eos_ids(model_dir: Path, llm_dir: Path, config: Any, tokenizer: Any) -> lis
         generation_eos = GenerationConfig.from_pretrained(llm_dir, local_files_only=True).eos_token_id
     ids = eos_token_ids(generation_eos, config, tokenizer)
     if not ids:
-        raise _folder_error(model_dir, "no end-of-sequence token is defined (generation_config.json, config.json)")
+        raise folder_error(model_dir, "no end-of-sequence token is defined (generation_config.json, config.json)")
     return ids
 
 
@@ -354,13 +350,13 @@ def _load_weights(model_dir: Path, llm_dir: Path, kwargs: dict[str, Any], precis
         raise InsufficientMemoryError(f"{where} ran out of memory while loading the {precision} weights: "
                                       "use a smaller precision (nf4) or free memory") from None
     except (OSError, ValueError, RuntimeError) as exc:
-        raise _folder_error(model_dir, f"llm/ weights cannot be loaded ({exc})") from None
+        raise folder_error(model_dir, f"llm/ weights cannot be loaded ({exc})") from None
     problems = {k: sorted(info.get(k) or ()) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
     problems = {k: v for k, v in problems.items() if v}
     if problems or info.get("error_msgs"):
         detail = "; ".join(f"{len(v)} {k.replace('_', ' ')} (first: {v[0]})" for k, v in problems.items())
-        raise _folder_error(model_dir, f"llm/model.safetensors does not match llm/config.json: "
-                                       f"{detail or info['error_msgs'][0]}")
+        raise folder_error(model_dir, f"llm/model.safetensors does not match llm/config.json: "
+                                      f"{detail or info['error_msgs'][0]}")
     return model.eval()
 
 

@@ -8,6 +8,7 @@ and the fix.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import os
 import tempfile
@@ -34,19 +35,20 @@ class ModelFolderError(ValueError):
     """A model folder that is missing, incomplete or inconsistent; the message says how to fix it."""
 
 
-def _fail(model_dir: str | Path, problem: str) -> ModelFolderError:
+def folder_error(model_dir: str | Path, problem: str) -> ModelFolderError:
+    """The error for a problem with a model folder: names the folder, the problem and the fix."""
     return ModelFolderError(f"model folder {model_dir}: {problem}; {FIX_HINT}")
 
 
 def validate_manifest(data: Any, model_dir: str | Path = "<unsaved>") -> dict[str, Any]:
     """Check a manifest's content (keys, types, consistency); return it or raise ModelFolderError."""
     if not isinstance(data, dict):
-        raise _fail(model_dir, f"{MANIFEST_NAME} must hold a JSON object, not {type(data).__name__}")
+        raise folder_error(model_dir, f"{MANIFEST_NAME} must hold a JSON object, not {type(data).__name__}")
     if data.get("format") != FORMAT:
-        raise _fail(model_dir, f"{MANIFEST_NAME} has format {data.get('format')!r}, expected {FORMAT!r}")
+        raise folder_error(model_dir, f"{MANIFEST_NAME} has format {data.get('format')!r}, expected {FORMAT!r}")
     if data.get("format_version") != FORMAT_VERSION:
-        raise _fail(model_dir, f"{MANIFEST_NAME} has format_version {data.get('format_version')!r}; "
-                               f"this irg-motion reads version {FORMAT_VERSION}")
+        raise folder_error(model_dir, f"{MANIFEST_NAME} has format_version {data.get('format_version')!r}; "
+                                      f"this irg-motion reads version {FORMAT_VERSION}")
     _require_keys(model_dir, data, REQUIRED_KEYS, MANIFEST_NAME)
     _require_keys(model_dir, data["vqvae"], VQVAE_KEYS, f'{MANIFEST_NAME} "vqvae"')
     _require_keys(model_dir, data["motion_tokens"], MOTION_TOKEN_KEYS, f'{MANIFEST_NAME} "motion_tokens"')
@@ -56,35 +58,35 @@ def validate_manifest(data: Any, model_dir: str | Path = "<unsaved>") -> dict[st
 
 def _require_keys(model_dir: str | Path, obj: Any, keys: tuple[str, ...], where: str) -> None:
     if not isinstance(obj, dict):
-        raise _fail(model_dir, f"{where} must be a JSON object")
+        raise folder_error(model_dir, f"{where} must be a JSON object")
     missing = [k for k in keys if k not in obj]
     if missing:
-        raise _fail(model_dir, f"{where} lacks the key(s) {', '.join(missing)}")
+        raise folder_error(model_dir, f"{where} lacks the key(s) {', '.join(missing)}")
 
 
 def _check_values(model_dir: str | Path, data: dict[str, Any]) -> None:
     if data["stage"] not in (1, 2, 3):
-        raise _fail(model_dir, f"stage must be 1, 2 or 3, not {data['stage']!r}")
+        raise folder_error(model_dir, f"stage must be 1, 2 or 3, not {data['stage']!r}")
     try:
         skeleton = skeleton_for(str(data["dataset"]))
     except ValueError as exc:
-        raise _fail(model_dir, str(exc)) from None
+        raise folder_error(model_dir, str(exc)) from None
     facts = {"feature_size": skeleton.feature_size, "num_joints": skeleton.num_joints, "fps": skeleton.fps}
     for key, expected in facts.items():
         if data[key] != expected:
-            raise _fail(model_dir, f"{key} is {data[key]!r} but {skeleton.name} has {expected}")
+            raise folder_error(model_dir, f"{key} is {data[key]!r} but {skeleton.name} has {expected}")
     if data["vqvae"]["feature_size"] != data["feature_size"]:
-        raise _fail(model_dir, f"vqvae.feature_size {data['vqvae']['feature_size']} differs from "
-                               f"feature_size {data['feature_size']}")
+        raise folder_error(model_dir, f"vqvae.feature_size {data['vqvae']['feature_size']} differs from "
+                                      f"feature_size {data['feature_size']}")
     tokens = data["motion_tokens"]
     ids = [tokens[k] for k in ("start_id", "end_id", "first_id", "count")]
     if not all(isinstance(i, int) and i >= 0 for i in ids):
-        raise _fail(model_dir, f"motion_tokens ids must be non-negative integers, got {ids}")
+        raise folder_error(model_dir, f"motion_tokens ids must be non-negative integers, got {ids}")
     if tokens["count"] != data["vqvae"]["num_codes"]:
-        raise _fail(model_dir, f"motion_tokens.count {tokens['count']} differs from the VQ-VAE's "
-                               f"num_codes {data['vqvae']['num_codes']}")
+        raise folder_error(model_dir, f"motion_tokens.count {tokens['count']} differs from the VQ-VAE's "
+                                      f"num_codes {data['vqvae']['num_codes']}")
     if not isinstance(data["fixture"], bool):
-        raise _fail(model_dir, f"fixture must be true or false, not {data['fixture']!r}")
+        raise folder_error(model_dir, f"fixture must be true or false, not {data['fixture']!r}")
 
 
 def read_manifest(model_dir: str | Path, *, check_files: bool = True) -> dict[str, Any]:
@@ -94,19 +96,19 @@ def read_manifest(model_dir: str | Path, *, check_files: bool = True) -> dict[st
     """
     folder = Path(model_dir).expanduser()
     if not folder.is_dir():
-        raise _fail(folder, "not found (no such folder)")
+        raise folder_error(folder, "not found (no such folder)")
     path = folder / MANIFEST_NAME
     if not path.is_file():
-        raise _fail(folder, f"{MANIFEST_NAME} is missing")
+        raise folder_error(folder, f"{MANIFEST_NAME} is missing")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise _fail(folder, f"{MANIFEST_NAME} is not valid JSON ({exc})") from None
+        raise folder_error(folder, f"{MANIFEST_NAME} is not valid JSON ({exc})") from None
     validate_manifest(data, folder)
     if check_files:
         for rel in (*REQUIRED_FILES, data["vqvae"]["file"]):
             if not (folder / rel).is_file():
-                raise _fail(folder, f"{rel} is missing")
+                raise folder_error(folder, f"{rel} is missing")
     return data
 
 
@@ -134,3 +136,18 @@ def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
         while block := fh.read(chunk_bytes):
             digest.update(block)
     return digest.hexdigest()
+
+
+def created_by(command: str) -> str:
+    """The manifest's "created_by": `irg-motion <version> <command>` ("dev" in a source tree)."""
+    try:
+        version = importlib.metadata.version("irg-motion")
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree
+        version = "dev"
+    return f"irg-motion {version} {command}"
+
+
+def make_readable(folder: Path) -> None:
+    """mkdtemp and safetensors create private files; a model folder is meant to be shared."""
+    for path in (folder, *folder.rglob("*")):
+        os.chmod(path, 0o755 if path.is_dir() else 0o644)

@@ -31,8 +31,8 @@ def motion_token_strings() -> list[str]:
     return [MOTION_START, MOTION_END] + [motion_token(k) for k in range(NUM_MOTION_CODES)]
 
 
-def add_motion_tokens(tokenizer: Any) -> None:
-    """Add the 514 motion tokens in the documented order, as special tokens.
+def add_motion_tokens(tokenizer: Any) -> "MotionVocab":
+    """Add the 514 motion tokens in the documented order, as special tokens; return their ids.
 
     Special tokens are matched before the byte/BPE model runs, so text never splits
     them, and `tokenizer(text, split_special_tokens=True)` reads user text literally.
@@ -42,14 +42,13 @@ def add_motion_tokens(tokenizer: Any) -> None:
     tokens = motion_token_strings()
     present = [t for t in tokens if t in tokenizer.get_vocab()]
     if len(present) == len(tokens):
-        MotionVocab.from_tokenizer(tokenizer)  # raises if the existing layout is wrong
-        return
+        return MotionVocab.from_tokenizer(tokenizer)  # raises if the existing layout is wrong
     if present:
         raise MotionVocabError(
             f"the tokenizer already holds {len(present)} of the 514 motion tokens (first: {present[0]}); "
             "start from the base Gemma-2 tokenizer so the ids match the checkpoint")
     tokenizer.add_tokens(tokens, special_tokens=True)
-    MotionVocab.from_tokenizer(tokenizer)
+    return MotionVocab.from_tokenizer(tokenizer)
 
 
 @dataclass(frozen=True)
