@@ -116,7 +116,8 @@ def _fields(prompt, round, tokens, assessment, refinement, model, seed, parent, 
 
 def _next_name(armature: bpy.types.Object, slug: str) -> tuple[int, str]:
     """Next free version number for armature + slug, skipping names taken by any other Action."""
-    used = [version_info(a).get("version", 0) for a in versions(armature) if version_info(a).get("slug") == slug]
+    infos = [version_info(a) for a in versions(armature)]
+    used = [info.get("version", 0) for info in infos if info.get("slug") == slug]
     number = max(used, default=0) + 1
     while bpy.data.actions.get(f"{slug}.v{number:03d}") is not None:
         number += 1
@@ -209,9 +210,7 @@ def write_version(armature: bpy.types.Object, joints_blender, *, fps: float = 20
         _check_channels(armature, channels, preset=preset, root_mode=root_mode, foot_lock=foot_lock,
                         smoothing=smoothing)
         source_joints = pose.check_joints(joints_blender, rig.SKELETON.num_joints)
-        if contacts is not None and np.shape(contacts) != (len(source_joints), 4):
-            raise ValueError(f"contacts must have shape ({len(source_joints)}, 4) like the joints' frames, "
-                             f"got {np.shape(contacts)}")
+        pose.check_contacts(contacts, len(source_joints))
     slug = slugify(prompt)
     number, name = _next_name(armature, slug)
     scene = bpy.context.scene

@@ -64,6 +64,12 @@ def check_joints(joints: np.ndarray, num_joints: int = 22) -> np.ndarray:
     return arr
 
 
+def check_contacts(contacts: np.ndarray | None, frames: int) -> None:
+    """ValueError unless contacts is None or (frames, 4) contact channels, one row per joints' frame."""
+    if contacts is not None and np.shape(contacts) != (frames, 4):
+        raise ValueError(f"contacts must have shape ({frames}, 4) like the joints' frames, got {np.shape(contacts)}")
+
+
 def resample(joints: np.ndarray, src_fps: float, dst_fps: float) -> np.ndarray:
     """Linear resampling (T, J, 3) at src_fps -> (N, J, 3) at dst_fps, same start, N = floor(duration * dst) + 1."""
     if not (src_fps > 0 and dst_fps > 0):
@@ -82,11 +88,6 @@ def scene_fps(scene=None) -> float:
     """The scene's frame rate (render.fps / render.fps_base)."""
     scene = scene or bpy.context.scene
     return scene.render.fps / scene.render.fps_base
-
-
-def quat_continuity(q: np.ndarray) -> np.ndarray:
-    """Flip signs along axis 0 so consecutive quaternions have a non-negative dot product."""
-    return quat.quat_continuity(q, axis=0)
 
 
 def prepare_source(joints: np.ndarray, fps: float, *, foot_lock: bool = False, smooth: bool = False,
@@ -159,8 +160,7 @@ def solve_channels(plan: ChannelPlan, joints_blender: np.ndarray, *, src_fps: fl
     src = check_joints(joints_blender, rig.SKELETON.num_joints)
     if not src_fps > 0:
         raise ValueError(f"fps must be positive, got src_fps={src_fps}")
-    if contacts is not None and np.shape(contacts) != (len(src), 4):
-        raise ValueError(f"contacts must have shape ({len(src)}, 4) like the joints' frames, got {np.shape(contacts)}")
+    check_contacts(contacts, len(src))
     retarget.check_bone_lengths(src, plan.plan)  # before smoothing could blur a broken frame away
     source = prepare_source(src, float(src_fps), foot_lock=foot_lock, smooth=smoothing, contacts=contacts)
     joints = resample(source, float(src_fps), plan.fps)

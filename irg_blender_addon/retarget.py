@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -102,6 +103,11 @@ class Plan:
     @property
     def keyed_names(self) -> tuple[str, ...]:
         return tuple(self.rig.bones[b] for b in self.keyed)
+
+    @cached_property
+    def slot(self) -> dict[int, int]:
+        """Bone index -> its position in `keyed` (the K axis of world rotations)."""
+        return {int(b): k for k, b in enumerate(self.keyed)}
 
 
 @dataclass(frozen=True)
@@ -317,12 +323,6 @@ def _convention_fronts(rest_joints: np.ndarray, aims: np.ndarray, joints: np.nda
     return np.array(out)
 
 
-def _solver_fronts(rest_joints: np.ndarray) -> np.ndarray:
-    """(22, 3) fronts the solver finds for the rig's rest joints (one frame, Blender axes)."""
-    frames = solver.solve(skeleton.from_blender(rest_joints)[None], SKELETON).world_frames[0]
-    return skeleton.to_blender(frames[:, :, 2])
-
-
 def _is_below(r: RigRest, bone: int, ancestor: int) -> bool:
     p = int(r.parents[bone])
     while p >= 0 and p != ancestor:
@@ -467,7 +467,7 @@ def make_plan(r: RigRest, mapping: Mapping[str, str], root_bone: str | None = No
     aims = _check_rest_aims(r, mapping, joint_bone, rest_joints, data_joint, data_aim)
     degenerate = _degenerate(rest_joints)
     fronts = (_convention_fronts(rest_joints, aims, data_joint) if degenerate
-              else _solver_fronts(rest_joints)[data_joint])
+              else solve_fronts(rest_joints[None])[0][0, data_joint])
     data_bone = joint_bone[data_joint]
     has_data = set(data_joint.tolist())
     span_end = np.array([joint_bone[k] if joint_bone[k] >= 0 and k in has_data else -1 for k in data_aim])
@@ -545,11 +545,10 @@ def world_rotations(plan: Plan, joints: np.ndarray, fronts: np.ndarray,
 def local_rotations(plan: Plan, world: np.ndarray) -> np.ndarray:
     """Local channels (T, K, 4): L_b = R_b^-1 W_p^-1 W_b R_b, continuous in time."""
     r = plan.rig
-    slot = {int(b): k for k, b in enumerate(plan.keyed)}
     parent_world = np.empty_like(world)
     for k, b in enumerate(plan.keyed):
         p = int(r.parents[b])
-        parent_world[:, k] = world[:, slot[p]] if p >= 0 else np.eye(3)
+        parent_world[:, k] = world[:, plan.slot[p]] if p >= 0 else np.eye(3)
     rest = r.rest[plan.keyed]
     local = np.swapaxes(rest, -1, -2) @ np.swapaxes(parent_world, -1, -2) @ world @ rest
     return quat.quat_continuity(quat.quat_from_matrix(local), axis=0)
@@ -557,25 +556,23 @@ def local_rotations(plan: Plan, world: np.ndarray) -> np.ndarray:
 
 def _offsets_from(plan: Plan, world: np.ndarray, top: int, bone: int) -> np.ndarray:
     """(T, 3) posed position of bone's head relative to bone top's head (bone below top)."""
-    slot = {int(b): k for k, b in enumerate(plan.keyed)}
     r = plan.rig
     total = np.zeros((len(world), 3))
     b = bone
     while b != top:
         p = int(r.parents[b])
-        total += world[:, slot[p]] @ (r.heads[b] - r.heads[p])
+        total += world[:, plan.slot[p]] @ (r.heads[b] - r.heads[p])
         b = p
     return total
 
 
 def foot_heights(plan: Plan, world: np.ndarray, pelvis: np.ndarray) -> np.ndarray:
     """(T, P) heights of the rig's foot points for the given pelvis head positions (T, 3)."""
-    slot = {int(b): k for k, b in enumerate(plan.keyed)}
     out = []
     for bone, tail in plan.foot_points:
         pos = pelvis + _offsets_from(plan, world, plan.pelvis, bone)
         if tail:
-            pos = pos + world[:, slot[bone]] @ (plan.rig.tails[bone] - plan.rig.heads[bone])
+            pos = pos + world[:, plan.slot[bone]] @ (plan.rig.tails[bone] - plan.rig.heads[bone])
         out.append(pos[:, 2])
     return np.stack(out, axis=1)
 
@@ -588,8 +585,7 @@ def _location(plan: Plan, world: np.ndarray, bone: int, head: np.ndarray, parent
     rest = r.rest[bone]
     if p < 0:
         return (head - r.heads[bone]) @ rest
-    slot = {int(b): k for k, b in enumerate(plan.keyed)}
-    wp = world[:, slot[p]]
+    wp = world[:, plan.slot[p]]
     local = np.einsum("tji,tj->ti", wp, head - parent_head) - (r.heads[bone] - r.heads[p])
     return local @ rest
 

@@ -23,7 +23,7 @@ from typing import Mapping
 import bpy
 import numpy as np
 
-from . import compat, retarget, rig
+from . import compat, pose, retarget, rig
 
 SKELETON = rig.SKELETON
 JOINTS = rig.JOINT_NAMES
@@ -90,14 +90,14 @@ def _to_world(points: np.ndarray, armature: bpy.types.Object) -> np.ndarray:
     return points @ world[:3, :3].T + world[:3, 3]
 
 
-def _read_pose(armature: bpy.types.Object, index: np.ndarray, buffer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """World-space heads and tails (22, 3) of the joints' bones at the current evaluation."""
-    bones = armature.pose.bones
-    out = []
-    for name in ("head", "tail"):
+def _read_ends(armature: bpy.types.Object, bones, attrs: tuple[str, str], index: np.ndarray,
+               buffer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """World-space (head, tail) (22, 3) of the joints' bones, read in bulk from `bones` (pose or data bones)."""
+    ends = []
+    for name in attrs:
         bones.foreach_get(name, buffer)
-        out.append(_to_world(buffer.reshape(-1, 3)[np.maximum(index, 0)].astype(np.float64), armature))
-    return out[0], out[1]
+        ends.append(_to_world(buffer.reshape(-1, 3)[np.maximum(index, 0)].astype(np.float64), armature))
+    return ends[0], ends[1]
 
 
 def rest_joints(armature: bpy.types.Object, mapping: Mapping[str, str]) -> np.ndarray:
@@ -105,11 +105,7 @@ def rest_joints(armature: bpy.types.Object, mapping: Mapping[str, str]) -> np.nd
     index, known = _bone_indices(armature, mapping)
     bones = armature.data.bones  # pose bones and data bones share their order
     buffer = np.empty(len(bones) * 3, dtype=np.float32)
-    ends = []
-    for name in ("head_local", "tail_local"):
-        bones.foreach_get(name, buffer)
-        ends.append(_to_world(buffer.reshape(-1, 3)[np.maximum(index, 0)].astype(np.float64), armature))
-    return fill_missing(ends[0], ends[1], known)
+    return fill_missing(*_read_ends(armature, bones, ("head_local", "tail_local"), index, buffer), known)
 
 
 def frame_range(action: bpy.types.Action) -> tuple[int, int]:
@@ -152,7 +148,7 @@ def sample_action(armature: bpy.types.Object, action: bpy.types.Action | None = 
             compat.assign_action(armature, action)
         for k, f in enumerate(range(start, end + 1)):
             scene.frame_set(f)
-            heads[k], tails[k] = _read_pose(armature, index, buffer)
+            heads[k], tails[k] = _read_ends(armature, armature.pose.bones, ("head", "tail"), index, buffer)
     finally:
         if action != previous:
             compat.assign_action(armature, previous)
@@ -165,5 +161,5 @@ def sample_action(armature: bpy.types.Object, action: bpy.types.Action | None = 
             raise ValueError(f"Armature {armature.name!r} has legs of zero length in its rest pose: "
                              "check the rig preset's hip, knee and ankle bones.")
         scale = leg_length(rig.default_rest_joints()) / length
-    return Sampled(joints * scale, scene.render.fps / scene.render.fps_base, start, end, scale, mapping,
+    return Sampled(joints * scale, pose.scene_fps(scene), start, end, scale, mapping,
                    tuple(j for j, ok in zip(JOINTS, known) if not ok))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .skeleton import HUMANML3D, Skeleton
+from .skeleton import HUMANML3D, Skeleton, as_joints
 
 __all__ = ["RootMotion", "MODES", "rest_hip_height", "floor_offset", "facing_yaw", "root_motion"]
 
@@ -119,11 +119,7 @@ def root_motion(joints: np.ndarray, skeleton: Skeleton = HUMANML3D, mode: str = 
     """
     if mode not in MODES:
         raise ValueError(f"unknown root mode {mode!r}: use one of {', '.join(MODES)}")
-    j = np.asarray(joints, dtype=np.float64)
-    if j.ndim != 3 or j.shape[1:] != (skeleton.num_joints, 3) or len(j) < 1:
-        raise ValueError(f"{skeleton.name} joints must have shape (frames, {skeleton.num_joints}, 3), got {j.shape}")
-    if not np.all(np.isfinite(j)):
-        raise ValueError("joints contain NaN or infinite values; clean the input first")
+    j = as_joints(joints, skeleton)
     scale = 1.0
     if target_hip_height is not None:
         if source_hip_height is None:

@@ -401,8 +401,9 @@ def rest_frames(rest_offsets: np.ndarray, skeleton: Skeleton = HUMANML3D) -> np.
     ref = front_reference(skeleton)
     if np.any(np.linalg.norm(aims, axis=-1) < 1e-9):
         raise ValueError("rest pose has a zero-length bone: every bone needs a length")
-    if np.any(np.abs(np.sum(_unit(aims) * ref, axis=-1)) > 0.99):
-        bad = [skeleton.joint_names[j] for j in np.nonzero(np.abs(np.sum(_unit(aims) * ref, -1)) > 0.99)[0]]
+    along_ref = np.abs(np.sum(_unit(aims) * ref, axis=-1)) > 0.99
+    if np.any(along_ref):
+        bad = [skeleton.joint_names[j] for j in np.nonzero(along_ref)[0]]
         raise ValueError(f"rest bones {bad} point along their front reference (forward, or up for feet): "
                          "use a rest pose facing +Z with Y up")
     return _frame(aims, ref)
