@@ -157,7 +157,7 @@ def test_refine_streams_a_preview_too(scene, preview_prefs, pump, counts):
 def test_preview_writes_are_throttled(scene, preview_prefs, pump):
     rig.create_default_rig(bpy.context)
     job = start()
-    job.preview_interval = 10.0  # longer than the whole generation: only the first preview is solved
+    job.preview_interval = 1e6  # far longer than any generation, even on a loaded machine: one preview solved
     pump(job)
     assert job.state == "done", job.status
     assert job.previews_received == TOKENS // 8 and job.previews_solved == 1 and provisional() == []
