@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, TextIO
+from typing import Any, BinaryIO, Callable, Iterator, TextIO
 
 import numpy as np
 
@@ -135,12 +135,12 @@ def read_joints(path: str, num_joints: int) -> np.ndarray:
 
 # ---------------------------------------------------------------- output files
 
-def write_npz(path: Path, arrays: dict[str, Any]) -> None:
-    """Write an .npz atomically: a temporary file in the same folder, renamed into place."""
+def _write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Call `write` on a temporary file in the same folder, then rename it into place."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
+            write(fh)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; an output file is not
@@ -148,6 +148,11 @@ def write_npz(path: Path, arrays: dict[str, Any]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_npz(path: Path, arrays: dict[str, Any]) -> None:
+    """Write an .npz atomically: a temporary file in the same folder, renamed into place."""
+    _write_atomic(path, lambda fh: np.savez(fh, **arrays))
 
 
 def _array(value: Any) -> np.ndarray:
@@ -309,9 +314,8 @@ def _given_motion(args: argparse.Namespace) -> dict[str, Any]:
     """--tokens, or --joints (Blender axes) with their fps: read and checked before the model loads."""
     if args.tokens is not None:
         return {"tokens": read_tokens(args.tokens)}
-    manifest = read_manifest(Path(args.model).expanduser())
-    return {"joints": _joints_blender(args, int(manifest["num_joints"])),
-            "fps": args.fps if args.fps is not None else float(manifest["fps"])}
+    joints, fps = _given_joints(args)
+    return {"joints": joints, "fps": fps}
 
 
 def _as_tokens(engine: Any, motion: dict[str, Any], args: argparse.Namespace) -> list[int]:
@@ -326,9 +330,13 @@ def _as_tokens(engine: Any, motion: dict[str, Any], args: argparse.Namespace) ->
         raise CliError(f"cannot encode {args.joints}: {exc.message}") from None
 
 
-def _joints_blender(args: argparse.Namespace, num_joints: int) -> np.ndarray:
-    joints = read_joints(args.joints, num_joints)
-    return joints if args.axes == "blender" else to_blender(joints).astype(np.float32)
+def _given_joints(args: argparse.Namespace) -> tuple[np.ndarray, float]:
+    """--joints in Blender axes and their fps (--fps, else the model's), checked against the model folder."""
+    manifest = read_manifest(Path(args.model).expanduser())
+    joints = read_joints(args.joints, int(manifest["num_joints"]))
+    if args.axes != "blender":
+        joints = to_blender(joints).astype(np.float32)
+    return joints, args.fps if args.fps is not None else float(manifest["fps"])
 
 
 # ---------------------------------------------------------------- commands
@@ -496,9 +504,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 def cmd_encode(args: argparse.Namespace) -> int:
     out = _output_path(args.out) if args.out else None
-    manifest = read_manifest(Path(args.model).expanduser())
-    joints = _joints_blender(args, int(manifest["num_joints"]))
-    fps = args.fps if args.fps is not None else float(manifest["fps"])
+    joints, fps = _given_joints(args)
     codec = _codec(args.model)
     try:
         tokens = codec.encode_joints(joints, fps)
@@ -514,22 +520,15 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 def _write_tokens(path: Path, tokens: list[int]) -> None:
     """Tokens as .npy (int32), .json (a list) or text (comma separated), atomically."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            if path.suffix == ".npy":
-                np.save(fh, np.asarray(tokens, dtype=np.int32))
-            elif path.suffix == ".json":
-                fh.write((json.dumps(tokens) + "\n").encode())
-            else:
-                fh.write((",".join(map(str, tokens)) + "\n").encode())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    def write(fh: BinaryIO) -> None:
+        if path.suffix == ".npy":
+            np.save(fh, np.asarray(tokens, dtype=np.int32))
+        elif path.suffix == ".json":
+            fh.write((json.dumps(tokens) + "\n").encode())
+        else:
+            fh.write((",".join(map(str, tokens)) + "\n").encode())
+
+    _write_atomic(path, write)
 
 
 def _motion_file(path: str, fps: float | None, axes: str) -> tuple[np.ndarray, float, np.ndarray | None]:

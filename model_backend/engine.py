@@ -64,6 +64,8 @@ TEXT_TOKENS = 200          # cap for free-text answers (captions, instructions, 
 ANALYSIS_TOKENS = 300      # cap for the model's own analysis before an injected motion
 PREVIEW_EVERY = 8          # motion tokens between two previews
 TRAINED_MOTION_TOKENS = 50  # longer given motions work but are outside training
+MAX_ROUNDS = 20            # training traces hold at most 5 motions; more rounds are allowed, not useful
+MAX_NEW_TOKENS = 1 << 16   # upper bound of a request's max_new_tokens
 GENERIC_INSTRUCTION = "Improve the alignment between the motion and the goal text."
 
 
@@ -253,8 +255,8 @@ class Engine:
                  cancel: threading.Event) -> None:
         """Text -> motion(s): `interleaved` reasoning trace, `direct` forced prompt, or `stage1_loop`."""
         _check_choice("mode", mode, GENERATE_MODES)
-        _check_int("max_rounds", max_rounds, 1, 20)
-        _check_int("max_new_tokens", max_new_tokens, 1, 1 << 16)
+        _check_int("max_rounds", max_rounds, 1, MAX_ROUNDS)
+        _check_int("max_new_tokens", max_new_tokens, 1, MAX_NEW_TOKENS)
         _check_int("max_motion_tokens", max_motion_tokens, MIN_MOTION_TOKENS, MAX_MOTION_TOKENS)
         req = self._request(emit, cancel, temperature, top_p, seed)
         if mode == "interleaved":
@@ -277,7 +279,7 @@ class Engine:
         """Assess a given motion against a prompt: `text` deltas, one `assessment`, `done`."""
         form = self._form(form)
         codes = self._codes(tokens)
-        _check_int("max_new_tokens", max_new_tokens, 1, 1 << 16)
+        _check_int("max_new_tokens", max_new_tokens, 1, MAX_NEW_TOKENS)
         req = self._request(emit, cancel, temperature, top_p, seed)
         self._warn_long(req, codes)
         if form == "interleaved":  # the trace around the motion must fit, or fail before emitting anything
@@ -308,7 +310,7 @@ class Engine:
         """Refine a given motion (the model's own instruction, or `instruction`): the new motion is round 2."""
         form = self._form(form)
         codes = self._codes(tokens)
-        _check_int("max_new_tokens", max_new_tokens, 1, 1 << 16)
+        _check_int("max_new_tokens", max_new_tokens, 1, MAX_NEW_TOKENS)
         _check_int("max_motion_tokens", max_motion_tokens, MIN_MOTION_TOKENS, MAX_MOTION_TOKENS)
         if instruction is not None:
             instruction = P.sanitize_user_text(_text_arg("instruction", instruction), self.tokenizer)
@@ -341,7 +343,7 @@ class Engine:
                 top_p: float = 1.0, seed: int | None = None, *, emit: Emit, cancel: threading.Event) -> None:
         """Describe a motion in words: `text` deltas (section `caption`), one `caption`, `done`."""
         codes = self._codes(tokens)
-        _check_int("max_new_tokens", max_new_tokens, 1, 1 << 16)
+        _check_int("max_new_tokens", max_new_tokens, 1, MAX_NEW_TOKENS)
         ids = self._ids(P.caption_ids, codes)
         req = self._request(emit, cancel, temperature, top_p, seed)
         self._warn_long(req, codes)

@@ -16,10 +16,9 @@ import numpy as np
 
 PROTOCOL_VERSION = 1
 
-REQUEST_TYPES = (
-    "generate", "cancel", "ping", "shutdown", "info",
-    "critique", "refine", "caption", "encode", "decode",
-)
+WORK_TYPES = ("generate", "critique", "refine", "caption", "encode", "decode")  # queued, one at a time
+CONTROL_TYPES = ("cancel", "ping", "info", "shutdown")                           # answered at once
+REQUEST_TYPES = WORK_TYPES + CONTROL_TYPES
 EVENT_TYPES = (
     "ready", "info", "ack", "text", "motion_tokens", "preview", "motion", "assessment",
     "caption", "encoded", "done", "error", "pong", "bye",

@@ -31,10 +31,11 @@ import numpy as np
 
 from . import protocol
 from .constraints import MAX_MOTION_TOKENS
-from .engine import GENERATE_MODES, MIN_MOTION_TOKENS, REFINE_FORMS, Engine, EngineError
+from .engine import (GENERATE_MODES, MAX_NEW_TOKENS, MAX_ROUNDS, MIN_MOTION_TOKENS, REFINE_FORMS, Engine,
+                     EngineError)
 from .loader import LoaderError
 from .manifest import ModelFolderError
-from .protocol import PROTOCOL_VERSION, ProtocolError, error_event
+from .protocol import CONTROL_TYPES, PROTOCOL_VERSION, WORK_TYPES, ProtocolError, error_event
 from .vocab import NUM_MOTION_CODES
 
 __all__ = ["Dispatcher", "LineWriter", "StartupError", "backend_version", "reserved_stdout", "load_engine",
@@ -44,11 +45,7 @@ log = logging.getLogger("irg_motion.server")
 
 Emit = Callable[[dict[str, Any]], None]
 
-WORK_TYPES = ("generate", "critique", "refine", "caption", "encode", "decode")
-CONTROL_TYPES = ("cancel", "ping", "info", "shutdown")
 MAX_QUEUED = 16          # more waiting work than this is a client bug: answer `busy`
-MAX_ROUNDS = 20          # the engine's limit (training traces hold at most 5 motions)
-MAX_NEW_TOKENS = 1 << 16
 CLOSE_TIMEOUT_S = 30.0   # how long shutdown waits for a cancelled job to stop
 
 

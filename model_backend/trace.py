@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+from .prompts import BLOCKS as SECTIONS, SATISFIED, THINK_CLOSE, THINK_OPEN
 from .vocab import MotionVocab
 
 __all__ = [
@@ -35,9 +36,7 @@ __all__ = [
     "TraceEvent", "TraceResult", "TraceParser", "TextDecoder", "split_assessment", "SATISFIED",
 ]
 
-SATISFIED = "No refinements needed."
-SECTIONS = ("plan", "analyze", "generate", "assess")
-_TAGS: dict[str, tuple[str, str | None]] = {"<think>": ("think", None), "</think>": ("unthink", None)}
+_TAGS: dict[str, tuple[str, str | None]] = {THINK_OPEN: ("think", None), THINK_CLOSE: ("unthink", None)}
 for _name in SECTIONS:
     _TAGS[f"[{_name}]"] = ("open", _name)
     _TAGS[f"[/{_name}]"] = ("close", _name)
@@ -227,11 +226,6 @@ class TraceParser:
             think_closed=self.think_closed, tokens=self.tokens, warnings=list(self._warnings),
             error=None if self.motions else self._no_motion_reason(stop_reason), final_events=final_events)
         return self._finished
-
-    @property
-    def in_motion(self) -> bool:
-        """True while a `<Motion>` span is open."""
-        return self.span is not None
 
     # ---------------------------------------------------------------- motion spans
 
