@@ -31,6 +31,7 @@ most one preview is keyed per PREVIEW_INTERVAL, the latest one.
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 import time
 import traceback
@@ -81,12 +82,6 @@ def motion_source(action: bpy.types.Action, armature: bpy.types.Object | None = 
                          "so it can be sampled.")
     sampled = sampling.sample_action(armature, action)
     return {"joints": protocol.encode_array(sampled.joints.astype(np.float32)), "fps": float(sampled.fps)}
-
-
-def sampling_fields(settings: Settings) -> dict[str, Any]:
-    """The sampling fields every model-written request shares."""
-    return {"temperature": settings.temperature, "top_p": settings.top_p, "seed": settings.seed,
-            "max_new_tokens": settings.max_trace_tokens}
 
 
 def _latest_previews(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -185,16 +180,12 @@ class BackendJob:
         cancelled, its late events are ignored, the live preview is removed."""
         if not self.running:
             return
-        if self._open and self.client.state in ("starting", "ready"):
-            with contextlib.suppress(BackendError):
-                self.client.send({"type": "cancel", "target": self.request_id})
+        self._cancel_open_request()
         self._finish("cancelled", "Cancelled: another file was opened.")
 
     def fail(self, message: str) -> None:
         """End the job with an error message (the status line shows it); stop our request."""
-        if self._open and self.client.state in ("starting", "ready"):
-            with contextlib.suppress(BackendError):
-                self.client.send({"type": "cancel", "target": self.request_id})
+        self._cancel_open_request()
         self.error = message
         self._finish("error", message)
 
@@ -276,6 +267,12 @@ class BackendJob:
         return False
 
     # -- helpers ---------------------------------------------------------------------
+
+    def _cancel_open_request(self) -> None:
+        """Ask a live backend to stop our request if it has not ended (best effort: the job ends anyway)."""
+        if self._open and self.client.state in ("starting", "ready"):
+            with contextlib.suppress(BackendError):
+                self.client.send({"type": "cancel", "target": self.request_id})
 
     def _send(self) -> None:
         self._section = ""
@@ -417,7 +414,7 @@ class GenerateJob(BackendJob):
         self._made_rig = False
         self._provisional: _Provisional | None = None
         self._pending_preview: dict[str, Any] | None = None
-        self._preview_at = 0.0
+        self._preview_at = -math.inf  # the first preview is solved at once, whatever the clock reads
         self._preview_solver: ChannelSolver | None = None
         self._plan: pose.ChannelPlan | None = None
         self._options: dict[str, Any] = {}      # retarget options (retarget_ops.retarget_options) of the plan
@@ -490,7 +487,7 @@ class GenerateJob(BackendJob):
         self._set_status(f"{self._round_label(event)}: solving the motion on {armature.name}...")
 
     def _waiting(self) -> bool:
-        return self._version is not None
+        return self.version_pending
 
     def _settle(self) -> bool:
         """Write the pending motion's version once its channels are solved (True when written)."""
@@ -510,7 +507,7 @@ class GenerateJob(BackendJob):
     def _write_version(self, armature: bpy.types.Object, pending: _PendingVersion,
                        channels: pose.PoseChannels) -> None:
         event = pending.event
-        self._restore_preview_modes()  # so write_version records the modes it changes itself
+        self._restore_preview_modes(self._provisional)  # so write_version records the modes it changes itself
         model = (self.client.ready_info or {}).get("model") or {}
         action = actions.write_version(
             armature, pending.joints, fps=float(event.get("fps", 20.0)), model=str(model.get("name", "")),
@@ -630,8 +627,9 @@ class GenerateJob(BackendJob):
             compat.assign_action(armature, action)
         self.previews_written += 1
 
-    def _restore_preview_modes(self) -> None:
-        prov = self._provisional
+    @staticmethod
+    def _restore_preview_modes(prov: _Provisional | None) -> None:
+        """Give the bones the preview switched to quaternions their old rotation modes back."""
         armature = bpy.data.objects.get(prov.armature) if prov is not None else None
         if armature is None or armature.pose is None:
             return
@@ -651,9 +649,7 @@ class GenerateJob(BackendJob):
         action = bpy.data.actions.get(prov.action)
         armature = bpy.data.objects.get(prov.armature)
         if restore and armature is not None and armature.type == "ARMATURE":
-            self._provisional = prov
-            self._restore_preview_modes()
-            self._provisional = None
+            self._restore_preview_modes(prov)
             anim = armature.animation_data
             if anim is not None and (anim.action is None or anim.action == action):
                 compat.assign_action(armature, bpy.data.actions.get(prov.restore) if prov.restore else None)
@@ -724,7 +720,7 @@ class RefineJob(GenerateJob):
     def request(self) -> dict[str, Any]:
         return {"type": "refine", "prompt": self.prompt, **self.motion, "instruction": self.instruction,
                 "max_motion_tokens": self.settings.max_motion_tokens, "preview": self.preview,
-                **sampling_fields(self.settings)}
+                **self.settings.sampling_fields()}
 
     def working_text(self) -> str:
         return f"Refining {self.source_name}..."
@@ -774,7 +770,7 @@ class CritiqueJob(BackendJob):
         self.result: dict[str, Any] | None = None
 
     def request(self) -> dict[str, Any]:
-        return {"type": "critique", "prompt": self.prompt, **self.motion, **sampling_fields(self.settings)}
+        return {"type": "critique", "prompt": self.prompt, **self.motion, **self.settings.sampling_fields()}
 
     def working_text(self) -> str:
         return f"Critiquing {self.action_name}..."
@@ -815,7 +811,7 @@ class CaptionJob(BackendJob):
         self.caption: str | None = None
 
     def request(self) -> dict[str, Any]:
-        return {"type": "caption", **self.motion, **sampling_fields(self.settings)}
+        return {"type": "caption", **self.motion, **self.settings.sampling_fields()}
 
     def working_text(self) -> str:
         return f"Describing {self.action_name}..."
@@ -847,12 +843,15 @@ class JobManager:
         """True while a job runs."""
         return self.job is not None and self.job.running
 
-    def start(self, job: BackendJob, *, timer: bool = True) -> None:
-        """Start the job (BackendError/ValueError if it cannot) and, in the UI, its timer."""
+    def start(self, job: BackendJob, *, timer: bool | None = None) -> None:
+        """Start the job (BackendError/ValueError if it cannot) and its timer (timer None: unless
+        Blender runs in background mode, where timers never run and scripts pump)."""
         if self.busy():
             raise RuntimeError("IRG Motion is busy with another request: wait for it or press Cancel.")
         self.job = job
         job.start()
+        if timer is None:
+            timer = not bpy.app.background
         if timer and not bpy.app.timers.is_registered(_tick):
             bpy.app.timers.register(_tick, first_interval=TIMER_INTERVAL)
 
