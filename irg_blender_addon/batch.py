@@ -572,8 +572,7 @@ class BatchJob:
         rt.level = level
         rt.running = self.running
         rt.progress = self.progress
-        if hasattr(rt, "job_kind"):
-            rt.job_kind = self.kind
+        rt.job_kind = self.kind
 
 
 # -- starting ----------------------------------------------------------------------------------
@@ -619,7 +618,7 @@ def start_batch(context, scope: str = "ALL", armature=None, **overrides) -> Batc
         item.status, item.error = "PENDING", ""
     job = BatchJob(context.scene.name, [it.uid for it in chosen], overrides,
                    target.name if target is not None else None, model_fps(settings))
-    manager.start(job, timer=not bpy.app.background)
+    manager.start(job)
     return job
 
 

@@ -14,8 +14,7 @@ import bpy
 from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty,
                        StringProperty)
 
-from . import batch
-from .client import BackendError
+from . import batch, operators
 from .jobs import manager
 
 STATUS_ITEMS = (("PENDING", "Pending", "Not baked yet"), ("RUNNING", "Running", "Being baked"),
@@ -217,11 +216,8 @@ class IRG_OT_batch_load_file(bpy.types.Operator):
 def _start(op, context, scope: str) -> set[str]:
     try:
         job = batch.start_batch(context, scope)
-    except (ValueError, RuntimeError, BackendError) as exc:
-        rt = getattr(context.window_manager, "irg_motion", None)
-        if rt is not None:
-            rt.status, rt.level, rt.running = str(exc), "ERROR", False
-        return _refuse(op, str(exc))
+    except operators.REFUSALS as exc:
+        return operators.refuse(op, context, exc)
     if job.armature_name is None and job.running:
         op.report({"INFO"}, "No armature selected: a default rig is created when the first motion arrives.")
     return {"FINISHED"}
@@ -381,10 +377,7 @@ def _after_load(_dummy=None) -> None:
 def _before_load(_dummy=None) -> None:
     """A job running when another file opens (a batch, a generate, a critique) stops without
     touching the new file."""
-    job = batch.current_job()
-    if job is not None and job.running:
-        job.abandon()
-    manager.abandon()
+    manager.abandon()  # the one running job, a batch included
 
 
 CLASSES = (IRG_PG_batch_item, IRG_PG_batch, IRG_UL_batch_items, IRG_OT_batch_add, IRG_OT_batch_remove,

@@ -34,6 +34,7 @@ CONVERTER_STEPS = {
     "hashing the source files": ("Hashing the source files", 0.75),
     "verifying": ("Verifying the folder", 0.88),
 }
+_STEP_STARTS = sorted(start for _, start in CONVERTER_STEPS.values())
 _STEP_LINE = re.compile(r"^ {2}(?P<step>\S.*?)(?: \.\.\.|\s+(?P<pct>\d{1,3})%)$")
 _ERROR_LINE = re.compile(r"^irg-motion \w+: error: (.*)$")
 
@@ -84,8 +85,7 @@ class ConverterOutput(LineParser):
         self.detail = f"{int(pct)}%" if pct is not None else ""
         if pct is None:
             return start
-        starts = sorted(s for _, s in CONVERTER_STEPS.values())
-        end = next((s for s in starts if s > start), 0.98)
+        end = next((s for s in _STEP_STARTS if s > start), 0.98)
         return start + (end - start) * min(int(pct), 100) / 100
 
 

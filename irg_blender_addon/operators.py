@@ -45,7 +45,7 @@ def start_generation(context, prompt: str, armature=None, *, preview: bool = Fal
     if armature is None:
         armature = rig.find_target_armature(context)
     job = GenerateJob(backend, armature.name if armature is not None else None, prompt, settings, preview=preview)
-    manager.start(job, timer=not bpy.app.background)
+    manager.start(job)
     return job
 
 
@@ -105,7 +105,7 @@ def start_critique(context, action, *, armature=None, prompt: str | None = None,
     action, _armature, prompt, motion, settings, backend = _review_inputs(context, action, armature, prompt,
                                                                           overrides, need_prompt=True)
     job = CritiqueJob(backend, action.name, prompt, motion, settings)
-    manager.start(job, timer=not bpy.app.background)
+    manager.start(job)
     return job
 
 
@@ -122,7 +122,7 @@ def start_refine(context, action, instruction: str | None = None, *, armature=No
     parent_round = int(actions.version_info(action).get("round", 1) or 1)
     job = RefineJob(backend, armature.name, action.name, prompt, motion, settings, instruction=instruction,
                     parent_round=parent_round, preview=preview)
-    manager.start(job, timer=not bpy.app.background)
+    manager.start(job)
     return job
 
 
@@ -131,11 +131,11 @@ def start_caption(context, action, *, armature=None, **overrides) -> CaptionJob:
     action, _armature, _prompt, motion, settings, backend = _review_inputs(context, action, armature, "", overrides,
                                                                            need_prompt=False)
     job = CaptionJob(backend, action.name, motion, settings)
-    manager.start(job, timer=not bpy.app.background)
+    manager.start(job)
     return job
 
 
-def _refuse(operator, context, exc: Exception) -> set[str]:
+def refuse(operator, context, exc: Exception) -> set[str]:
     """Report a refusal once (operator report + status line); the operator changes nothing."""
     operator.report({"ERROR"}, str(exc))
     rt = props.runtime(context)
@@ -163,7 +163,7 @@ class IRG_OT_generate(bpy.types.Operator):
         try:
             job = start_generation(context, prompt, preview=bool(scene_props and scene_props.preview))
         except REFUSALS as exc:
-            return _refuse(self, context, exc)
+            return refuse(self, context, exc)
         if job.armature_name is None:
             self.report({"INFO"}, "No armature selected: a default rig is created when the motion arrives.")
         return {"FINISHED"}
@@ -227,7 +227,7 @@ class IRG_OT_toggle_keep(_ActionOperator, bpy.types.Operator):
             action = self._action()
             set_meta(action, keep=not actions.version_info(action).get("keep", False))
         except ValueError as exc:
-            return _refuse(self, context, exc)
+            return refuse(self, context, exc)
         return {"FINISHED"}
 
 
@@ -251,7 +251,7 @@ class IRG_OT_rename_version(_ActionOperator, bpy.types.Operator):
             action = self._action()
             rename_version(action, self.name)
         except ValueError as exc:
-            return _refuse(self, context, exc)
+            return refuse(self, context, exc)
         return {"FINISHED"}
 
 
@@ -293,7 +293,7 @@ class IRG_OT_delete_version(_ActionOperator, bpy.types.Operator):
             if info.get("keep"):
                 raise ValueError(f"{action.name!r} is marked Keep: clear its Keep flag first to delete it.")
         except ValueError as exc:
-            return _refuse(self, context, exc)
+            return refuse(self, context, exc)
         name = action.name
         actions.delete_version(action)
         self.report({"INFO"}, f"Deleted {name}.")
@@ -331,14 +331,14 @@ class _ReviewOperator(_ActionOperator):
         """Start a job on the Action; one that is not a version takes the scene's prompt."""
         action, armature = self._inputs(context)
         if action is None:
-            return _refuse(self, context, ValueError("Nothing to work on: select an armature that plays a version "
+            return refuse(self, context, ValueError("Nothing to work on: select an armature that plays a version "
                                                      "or an animation."))
         try:
             if start is not start_caption and not actions.version_info(resolve_action(action)):
                 kwargs["prompt"] = props.scene_prompt(context.scene)
             start(context, action, armature=armature, **kwargs)
         except REFUSALS as exc:
-            return _refuse(self, context, exc)
+            return refuse(self, context, exc)
         return {"FINISHED"}
 
 

@@ -86,12 +86,16 @@ class Settings:
         """True when generation runs on a server (server_url set) instead of a local process."""
         return bool(self.server_url.strip())
 
+    def sampling_fields(self) -> dict:
+        """The sampling fields every model-written request shares (docs/protocol.md)."""
+        return {"temperature": self.temperature, "top_p": self.top_p, "seed": self.seed,
+                "max_new_tokens": self.max_trace_tokens}
+
     def generate_request(self, prompt: str, mode: str | None = None) -> dict:
         """The `generate` request fields for this prompt (docs/protocol.md)."""
         return {"type": "generate", "prompt": prompt, "mode": mode or self.mode,
                 "max_rounds": self.max_rounds, "max_motion_tokens": self.max_motion_tokens,
-                "max_new_tokens": self.max_trace_tokens,
-                "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed}
+                **self.sampling_fields()}
 
 
 _CHOICES = {"device": [d[0] for d in DEVICES], "precision": [p[0] for p in PRECISIONS],
@@ -423,12 +427,7 @@ def describe_backend(found) -> str:
     """A line about a client (local or remote; None: none yet); never raises."""
     if found is None:
         return "Not running: it starts on the first request."
-    describe = getattr(found, "status_text", None)
-    if describe is not None:
-        return describe()
-    state = found.state
-    return {"ready": f"Connected to {found.url}", "starting": f"Connecting to {found.url}...",
-            "dead": f"Connection lost: {found.death_message()}"}.get(state, f"Not connected to {found.url}")
+    return found.status_text()
 
 
 def draw_backend_status(layout, wrapped_labels) -> None:

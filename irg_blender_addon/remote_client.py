@@ -2,7 +2,7 @@
 
 Plain Python (no bpy). `RemoteBackendClient` has the public interface of
 `client.BackendClient` (state, ready_info, start/ensure_started/send/poll/
-wait_ready/stop/log_tail/death_message), so a GenerateJob drives either one.
+wait_ready/stop/log_tail/death_message/status_text), so a GenerateJob drives either one.
 
 The server URL is `tcp://HOST:PORT` (an IPv6 address in brackets: `tcp://[::1]:7700`).
 On start the client connects (bounded by `timeout`), always opens with
@@ -243,6 +243,13 @@ class RemoteBackendClient:
         if reader is not None and reader is not threading.current_thread():
             reader.join(timeout)
         self._state = "stopped"
+
+    def status_text(self) -> str:
+        """One line for the panel: the connection's state."""
+        if self._state == "dead":
+            return f"Connection lost: {self.death_message()}"
+        return {"ready": f"Connected to {self.url}", "starting": f"Connecting to {self.url}..."}.get(
+            self._state, f"Not connected to {self.url}")
 
     def log_tail(self, n: int = 20) -> str:
         """The last n lines of this client's connection log (connects, handshakes, problems)."""

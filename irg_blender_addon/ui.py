@@ -21,7 +21,7 @@ import bpy
 from . import actions, retarget_ops, rig
 from .jobs import PREVIEW_MARK, manager
 from .prefs import ADDON_ID, get_settings
-from .props import SATISFIED, scene_prompt
+from .props import SATISFIED, runtime, scene_prompt
 
 LEVEL_ICONS = {"IDLE": "INFO", "RUNNING": "SORTTIME", "DONE": "CHECKMARK", "ERROR": "ERROR",
                "CANCELLED": "CANCEL"}
@@ -72,10 +72,6 @@ def prompt_presets(folder: Path = PROMPTS_DIR) -> list[tuple[str, list[str]]]:
     return found
 
 
-def _runtime(context):
-    return getattr(context.window_manager, "irg_motion", None)
-
-
 def _target(context):
     """The target armature (None when nothing fits or the context has no view layer)."""
     if getattr(context, "view_layer", None) is None:
@@ -118,7 +114,7 @@ class IRG_PT_generate(bpy.types.Panel):
     def draw(self, context):
         layout = self.layout
         scene_props = getattr(context.scene, "irg_motion", None)
-        rt = _runtime(context)
+        rt = runtime(context)
         if scene_props is None or rt is None:
             layout.label(text="IRG Motion is not registered.", icon="ERROR")
             return
@@ -165,7 +161,7 @@ class IRG_PT_trace(bpy.types.Panel):
     bl_options = {"DEFAULT_CLOSED"}
 
     def draw(self, context):
-        rt = _runtime(context)
+        rt = runtime(context)
         if rt is None or not (rt.trace or rt.assessment):
             self.layout.label(text="No reasoning yet.")
             return
@@ -288,7 +284,7 @@ class IRG_PT_review(bpy.types.Panel):
 
     def draw(self, context):
         layout = self.layout
-        rt = _runtime(context)
+        rt = runtime(context)
         armature = _target(context)
         action = _active_action(armature)
         if rt is None or action is None:
