@@ -9,7 +9,7 @@ Models, all with random weights (speed does not depend on training):
     (5.2 GB of disk, deleted at the end) and loaded by the product's loader in bf16, nf4
     (4-bit quantisation at load time; a quantised model is never saved) and fp32;
   - the T2M-GPT VQ-VAE at its real size (width 512) decoding 49 tokens (9.8 s of motion).
-The measured path is the product's: `model_backend.engine.Engine.generate(mode="direct")`
+The measured path is the product's: `model_backend.llm.engine.Engine.generate(mode="direct")`
 (the forced-`<Motion>` prompt; the engine's constraint keeps the output motion codes).
 Each model runs `--repeats` generations and the best is reported (the run least disturbed
 by other processes on a shared machine), with the median beside it. The 2B folder reuses
@@ -55,7 +55,7 @@ def peak_rss_gb() -> float:
 
 def build_model(out: Path, shape: str) -> dict[str, Any]:
     """A fixture folder; for `2b`, its LLM replaced by a random Gemma-2 2B saved in bf16."""
-    from model_backend.fixture import make_fixture
+    from model_backend.convert.fixture import make_fixture
 
     t0 = time.perf_counter()
     make_fixture(out, seed=0)
@@ -70,7 +70,7 @@ def _replace_llm_with_2b(llm_dir: Path) -> None:
     import torch
     from transformers import AutoConfig, Gemma2ForCausalLM
 
-    from model_backend.loader import hf_progress_bars_off
+    from model_backend.llm.loader import hf_progress_bars_off
 
     config = AutoConfig.from_pretrained(llm_dir)
     for key, value in GEMMA2_2B.items():
@@ -98,8 +98,8 @@ def run_llm(model_dir: Path, device: str, precision: str, tokens: int, repeats: 
     """Load with the product's Engine, then `repeats` direct-mode generations of `tokens` motion codes."""
     import transformers  # noqa: F401  (imported before the clock starts: load time is loading only)
 
-    from model_backend.engine import Engine
-    from model_backend.prompts import forced_generate_ids
+    from model_backend.llm.engine import Engine
+    from model_backend.llm.prompts import forced_generate_ids
 
     t0 = time.perf_counter()
     engine = Engine(model_dir, device, precision)
@@ -144,10 +144,10 @@ def run_vqvae(tokens: int, repeats: int = 9) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from model_backend.codec import MotionCodec
-    from model_backend.fixture import feature_statistics
-    from model_backend.skeleton import HUMANML3D
-    from model_backend.vqvae import VQVAE
+    from model_backend.vq.codec import MotionCodec
+    from model_backend.convert.fixture import feature_statistics
+    from model_backend.rig_math.skeleton import HUMANML3D
+    from model_backend.vq.vqvae import VQVAE
 
     torch.manual_seed(0)
     vq = VQVAE(feature_size=263, width=512, code_dim=512).eval()

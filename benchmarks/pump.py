@@ -41,7 +41,13 @@ import bpy  # noqa: E402  (after the environment is set)
 import numpy as np  # noqa: E402
 
 import irg_blender_addon  # noqa: E402
-from irg_blender_addon import client, jobs, operators, prefs, rig  # noqa: E402
+from irg_blender_addon.backend import local as client
+from irg_blender_addon.backend import registry
+from irg_blender_addon.jobs import base as jobs
+from irg_blender_addon.jobs import generate as generate_jobs
+from irg_blender_addon.jobs import generate as generate_jobs
+from irg_blender_addon import settings
+from irg_blender_addon.rig import armature as rig  # noqa: E402
 
 TIMER = jobs.TIMER_INTERVAL
 PROMPT = "a person walks forward and waves with the right hand"
@@ -89,7 +95,7 @@ class ReplayClient:
 
 def record(settings: dict) -> tuple[list[dict], dict]:
     """The events of one live generation (with preview), each marked with the motion tokens before it."""
-    job = operators.start_generation(bpy.context, PROMPT, preview=True, **settings)
+    job = generate_jobs.start_generation(bpy.context, PROMPT, preview=True, **settings)
     events, seen = [], 0
     deadline = time.monotonic() + 600
     while True:
@@ -110,10 +116,10 @@ def record(settings: dict) -> tuple[list[dict], dict]:
 def timed_run(settings: dict, preview: bool, replay: ReplayClient | None = None) -> list[tuple[float, str]]:
     """One generation pumped like the UI timer; (seconds, what the pump did) for every pump()."""
     if replay is None:
-        job = operators.start_generation(bpy.context, PROMPT, preview=preview, **settings)
+        job = generate_jobs.start_generation(bpy.context, PROMPT, preview=preview, **settings)
     else:
-        job = jobs.GenerateJob(replay, rig.find_target_armature(bpy.context).name, PROMPT,
-                               prefs.get_settings(**settings), preview=preview)
+        job = generate_jobs.GenerateJob(replay, rig.find_target_armature(bpy.context).name, PROMPT,
+                               settings.get_settings(**settings), preview=preview)
         jobs.manager.start(job, timer=False)
     kinds: list[str] = []
     poll = job.client.poll
@@ -179,7 +185,7 @@ def main() -> None:
         rig.create_default_rig(bpy.context)
         settings = dict(backend_python=str(args.backend_python), model_dir=str(model), device="cpu",
                         mode="direct", max_motion_tokens=args.tokens, temperature=0.0, seed=0)
-        backend = client.get_client(args.backend_python, model, "cpu", "auto")
+        backend = registry.get_client(args.backend_python, model, "cpu", "auto")
         backend.wait_ready(600)
         preview = not args.no_preview
         timed_run(settings, preview)  # warm-up: first-call costs of the model and of Blender

@@ -7,7 +7,7 @@ errors in mm mean something). Every method starts from the same rig preset
 detection and rest read, and ends with the same bulk key writing into a new
 Action (one key per frame, scene at 20 fps); its keys are then evaluated in
 Blender (frame_set + pose bones):
-  - ours: model_backend.solver + irg_blender_addon.retarget (swing + twist by
+  - ours: model_backend.rig_math.solver + irg_blender_addon.retarget (swing + twist by
     directions, parents first, root scaled and floored);
   - MoMask BasicInverseKinematics, 10 and 100 iterations, written here after the
     method MoMask's joints2bvh runs: from identity rotations, for each iteration
@@ -46,8 +46,9 @@ import numpy as np  # noqa: E402
 
 import rig_core  # noqa: E402
 from timing import best_time  # noqa: E402
-from irg_blender_addon import actions, compat, pose, retarget  # noqa: E402
-from model_backend import metrics, quat, skeleton, solver  # noqa: E402
+from irg_blender_addon.anim import actions, compat
+from irg_blender_addon.rig import pose, retarget  # noqa: E402
+from model_backend.rig_math import metrics, quat, skeleton, solver  # noqa: E402
 
 S = skeleton.HUMANML3D
 PREFIX = "mixamorig:"
@@ -301,7 +302,7 @@ def main() -> None:
     quats, locations = ours()
     parts = [
         ("rig preset detection + rest read + plan", best_time(setup, args.repeats)),
-        ("solver (model_backend.solver.solve)", best_time(lambda: retarget.solve_fronts(clip), args.repeats)),
+        ("solver (model_backend.rig_math.solver.solve)", best_time(lambda: retarget.solve_fronts(clip), args.repeats)),
         ("retarget (solve included)", best_time(lambda: retarget.retarget(plan, clip, fps=20.0), args.repeats)),
     ]
     keyed = []

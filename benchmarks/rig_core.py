@@ -3,7 +3,7 @@
 Solvers, all given the same 196-frame HumanML3D clip and the same rest pose (the
 T-pose with the clip's own bone lengths), so errors measure rotations, not
 skeleton proportions:
-  - ours: `model_backend.solver.solve` (swing + twist from bend planes, Kabsch at
+  - ours: `model_backend.rig_math.solver.solve` (swing + twist from bend planes, Kabsch at
     pelvis and spine3, continuity);
   - iterative IK, 10 and 100 sweeps: the MoMask `joints2bvh` idea, written here:
     start from the rest pose and, parents first, turn each joint so its bones
@@ -37,14 +37,10 @@ import numpy as np  # noqa: E402
 
 from timing import best_time  # noqa: E402
 
-from model_backend.metrics import bone_direction_error_deg, position_error_mm, twist_jitter  # noqa: E402
-from model_backend.quat import (  # noqa: E402
-    quat_angle, quat_between, quat_continuity, quat_from_axis_angle, quat_from_matrix, quat_mul, quat_to_matrix,
-)
-from model_backend.skeleton import HUMANML3D as S  # noqa: E402
-from model_backend.solver import (  # noqa: E402
-    forward_kinematics, joint_rules, local_to_world, rest_frames, rest_offsets_for, solve, t_pose_offsets,
-)
+from model_backend.rig_math.metrics import bone_direction_error_deg, position_error_mm, twist_jitter  # noqa: E402
+from model_backend.rig_math.quat import quat_angle, quat_between, quat_continuity, quat_from_axis_angle, quat_from_matrix, quat_mul, quat_to_matrix
+from model_backend.rig_math.skeleton import HUMANML3D as S  # noqa: E402
+from model_backend.rig_math.solver import forward_kinematics, joint_rules, local_to_world, rest_frames, rest_offsets_for, solve, t_pose_offsets
 
 
 # ---------------------------------------------------------------- baselines
@@ -165,7 +161,7 @@ def twist_error(quats: np.ndarray, truth: np.ndarray, bends: dict[int, np.ndarra
 
 def load_clip(data: Path, frames: int) -> tuple[str, np.ndarray]:
     """momask_000612 (199 frames) cut to `frames`, else 012314 looped; joints (T, 22, 3) float64."""
-    from model_backend.motion import features_to_joints
+    from model_backend.motion.features import features_to_joints
     momask = data / "momask_000612_features.npy"
     if momask.exists():
         j = features_to_joints(np.load(momask)).astype(np.float64)
@@ -230,11 +226,11 @@ def pipeline(args: argparse.Namespace, name: str, joints: np.ndarray) -> None:
     """The rest of the numpy chain on the same clip: rest pose, foot locking, root, BVH."""
     import tempfile
 
-    from model_backend.bvh import write_bvh
-    from model_backend.footlock import lock_feet
-    from model_backend.metrics import foot_skating_ratio, mean_jerk
-    from model_backend.motion import contacts_from_features
-    from model_backend.rootmotion import root_motion
+    from model_backend.motion.bvh import write_bvh
+    from model_backend.rig_math.footlock import lock_feet
+    from model_backend.rig_math.metrics import foot_skating_ratio, mean_jerk
+    from model_backend.motion.features import contacts_from_features
+    from model_backend.rig_math.rootmotion import root_motion
 
     feats = args.data / f"{name}_features.npy"
     contacts = contacts_from_features(np.load(feats))[:len(joints)] if feats.exists() else None

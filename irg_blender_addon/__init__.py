@@ -1,43 +1,42 @@
 """IRG Motion: text to motion on your armature, inside Blender.
 
-The Blender shell of the project: preferences, properties, operators, the
-N-panel, the backend client and the job that applies the backend's events.
-Submodules that need bpy are imported inside register() so that the plain
-Python parts (client.py) import anywhere. No torch, ever: the model runs in a
-separate backend process (see client.py).
+The Blender shell of the project, in layers (docs/architecture.md): `ui` (panels,
+operators, preferences) -> `jobs` (requests in progress, pumped by a timer) -> `rig`,
+`anim`, `backend` (the backend clients: plain Python), `settings`, `props` -> the numpy
+part of model_backend (through `core`). `api` is the scripting API over `jobs`.
+No torch, ever: the model runs in a separate backend process (backend/).
+
+Registration is one loop over FEATURES: each feature module owns its classes and its
+register()/unregister(). Modules that need bpy are imported inside register(), so the
+plain Python parts (backend/) import anywhere.
 """
 from __future__ import annotations
 
+import importlib
 
-def _classes() -> tuple:
-    # Order matters: property groups before the classes that point to them, panels last.
-    from . import operators, prefs, props, ui
-    return (*prefs.CLASSES, *props.CLASSES, *operators.CLASSES, *ui.CLASSES, *prefs.PANEL_CLASSES)
+# In registration order: property groups before what points to them, the Generate panel
+# before its sub-panels (their order is the sidebar's).
+FEATURES = ("ui.prefs", "props", "ui.generate", "ui.versions", "ui.review", "ui.retarget", "ui.backend", "ui.batch")
+
+
+def feature_modules() -> list:
+    """The feature modules, in registration order."""
+    return [importlib.import_module(f".{name}", __name__) for name in FEATURES]
 
 
 def register() -> None:
-    """Register every class and attach the properties."""
-    import bpy
-    from . import batch_ops, operators, props, retarget_ops
-    for cls in _classes():
-        bpy.utils.register_class(cls)
-    props.register_properties()
-    retarget_ops.register()
-    batch_ops.register()  # after ui: its panel is a child of IRG_PT_generate
-    operators.register_keymaps()  # Esc cancels in the 3D View
+    """Register every feature."""
+    for module in feature_modules():
+        module.register()
 
 
 def unregister() -> None:
-    """Stop the job and the backends, detach the properties, unregister every class."""
-    import bpy
-    from . import batch_ops, client, jobs, operators, prefs, props, retarget_ops
-    operators.unregister_keymaps()
-    jobs.manager.shutdown()
-    prefs.shutdown()  # stops a running "Set up backend" / "Convert model"
-    client.shutdown_all()  # local processes and remote connections
-    batch_ops.unregister()
-    retarget_ops.unregister()
-    props.unregister_properties()
-    for cls in reversed(_classes()):
-        if getattr(cls, "is_registered", False):
-            bpy.utils.unregister_class(cls)
+    """Stop the running job, any setup task and the backends, then unregister every feature (reverse order)."""
+    from .backend import registry
+    from .jobs.base import manager
+    from .jobs.tasks import tasks
+    manager.shutdown()
+    tasks.shutdown()  # stops a running "Set up backend" / "Convert model"
+    registry.shutdown_all()  # local processes and remote connections
+    for module in reversed(feature_modules()):
+        module.unregister()

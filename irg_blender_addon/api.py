@@ -22,66 +22,16 @@ environment (IRG_BACKEND_PYTHON, IRG_MODEL_DIR).
 """
 from __future__ import annotations
 
-import time
-
 import bpy
 import numpy as np
 
-from . import actions, rig
+from .anim import actions
 from .core import skeleton
-from .jobs import BackendJob, manager
-from .batch import bake_batch  # noqa: F401  (public: api.bake_batch)
-from .operators import start_caption, start_critique, start_generation, start_refine
-
-# api keyword -> Settings field
-OPTION_NAMES = {"model_dir": "model_dir", "backend_python": "backend_python", "device": "device",
-                "precision": "precision", "mode": "mode", "rounds": "max_rounds",
-                "max_motion_tokens": "max_motion_tokens", "max_trace_tokens": "max_trace_tokens",
-                "temperature": "temperature", "top_p": "top_p",
-                "seed": "seed"}
-
-
-class GenerationError(RuntimeError):
-    """A generation that ended without a motion; the message names the problem and the fix."""
-
-
-def _armature(armature, *, create: bool) -> bpy.types.Object | None:
-    """An armature Object from an Object, a name or None (the target armature, or a new default rig)."""
-    if isinstance(armature, str):
-        obj = bpy.data.objects.get(armature)
-        if obj is None or obj.type != "ARMATURE":
-            raise ValueError(f"no armature object named {armature!r} in this file")
-        return obj
-    if armature is not None:
-        if getattr(armature, "type", None) != "ARMATURE":
-            raise ValueError(f"{armature!r} is not an armature object")
-        return armature
-    found = rig.find_target_armature(bpy.context)
-    if found is None and create:
-        found = rig.ensure_armature(bpy.context)
-    return found
-
-
-def _overrides(options: dict) -> dict:
-    """api keywords -> Settings overrides (TypeError naming the known ones)."""
-    unknown = set(options) - set(OPTION_NAMES)
-    if unknown:
-        raise TypeError(f"unknown option(s) {', '.join(sorted(unknown))}; known: {', '.join(OPTION_NAMES)}")
-    return {OPTION_NAMES[k]: v for k, v in options.items()}
-
-
-def pump_until_done(job, timeout: float) -> bool:
-    """Pump a job until it ends (what the UI timer does): True; after `timeout` seconds it is
-    stopped at once and False is returned."""
-    deadline = time.monotonic() + timeout
-    while job.pump():
-        if time.monotonic() > deadline:
-            job.cancel()
-            job.cancel()  # the second call stops the backend at once
-            return False
-        time.sleep(0.01)
-    return True
-
+from .jobs.base import BackendJob, manager
+from .jobs.batch import bake_batch  # noqa: F401  (public: api.bake_batch)
+from .jobs.generate import start_generation
+from .jobs.review import start_caption, start_critique, start_refine
+from .jobs.run import OPTION_NAMES, GenerationError, option_overrides, pump_until_done, resolve_armature  # noqa: F401
 
 def _wait(job: BackendJob, timeout: float, what: str) -> BackendJob:
     """Pump the job until it ends; GenerationError / TimeoutError."""
@@ -106,10 +56,10 @@ def generate(prompt: str, armature=None, *, timeout: float = 600.0, **options) -
     backend_python, device, precision, mode ('interleaved'|'direct'), rounds,
     max_motion_tokens, max_trace_tokens, temperature, top_p, seed. armature: an Object, a name, or None
     (the target armature, else a default rig created when the first motion arrives).
-    Raises ValueError (bad input), client.BackendError (backend or model missing),
+    Raises ValueError (bad input), BackendError (backend or model missing),
     GenerationError (the backend failed or gave no motion) or TimeoutError."""
-    overrides = _overrides(options)
-    target = _armature(armature, create=False)
+    overrides = option_overrides(options)
+    target = resolve_armature(armature, create=False)
     job = start_generation(bpy.context, prompt, target, **overrides)
     return _made(_wait(job, timeout, "generation"))
 
@@ -122,9 +72,9 @@ def critique(version, *, armature=None, prompt: str | None = None, timeout: floa
     keeps them in its metadata. version: an Action or its name. An Action that is not
     a version (hand-keyed, imported) is sampled on `armature` (an Object, a name, or
     None: the target armature) and needs `prompt` (what the motion should show).
-    options as for generate. Raises ValueError, client.BackendError, GenerationError, TimeoutError."""
-    overrides = _overrides(options)
-    target = _armature(armature, create=False)
+    options as for generate. Raises ValueError, BackendError, GenerationError, TimeoutError."""
+    overrides = option_overrides(options)
+    target = resolve_armature(armature, create=False)
     job = _wait(start_critique(bpy.context, version, armature=target, prompt=prompt, **overrides),
                 timeout, "critique")
     return dict(job.result)
@@ -139,8 +89,8 @@ def refine(version, instruction: str | None = None, *, armature=None, prompt: st
     version's metadata records parent (the given Action's name), source "refine", round
     (the parent's + 1) and extra["instruction"]. armature / prompt as for critique (the
     new version goes on the version's own armature when it still exists). options as for generate."""
-    overrides = _overrides(options)
-    target = _armature(armature, create=False)
+    overrides = option_overrides(options)
+    target = resolve_armature(armature, create=False)
     job = start_refine(bpy.context, version, instruction, armature=target, prompt=prompt, **overrides)
     return _made(_wait(job, timeout, "refinement"))
 
@@ -148,8 +98,8 @@ def refine(version, instruction: str | None = None, *, armature=None, prompt: st
 def caption(version, *, armature=None, timeout: float = 600.0, **options) -> str:
     """The model's description of a version (or any Action, sampled on `armature`); a version
     also keeps it in its metadata ("caption"). options as for generate."""
-    overrides = _overrides(options)
-    target = _armature(armature, create=False)
+    overrides = option_overrides(options)
+    target = resolve_armature(armature, create=False)
     job = _wait(start_caption(bpy.context, version, armature=target, **overrides), timeout, "caption")
     return job.caption or ""
 
@@ -167,12 +117,12 @@ def apply_motion(armature, joints, fps: float = 20.0, *, prompt: str = "applied 
         raise ValueError(f"fps must be positive, got {fps}")
     if manager.busy():
         raise RuntimeError("A generation is running: wait for it or cancel it first.")
-    target = _armature(armature, create=True)
+    target = resolve_armature(armature, create=True)
     return actions.write_version(target, skeleton.to_blender(points), fps=float(fps), prompt=prompt,
                                  source="apply", **options)
 
 
 def versions(armature=None) -> list[bpy.types.Action]:
     """The armature's versions, oldest first ([] when there is no armature)."""
-    target = _armature(armature, create=False)
+    target = resolve_armature(armature, create=False)
     return actions.versions(target) if target is not None else []

@@ -15,6 +15,8 @@ from __future__ import annotations
 import bpy
 from bpy.props import BoolProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
 
+from .registration import register_classes, unregister_classes
+
 STATUS_LEVELS = (("IDLE", "Idle", ""), ("RUNNING", "Running", ""), ("DONE", "Done", ""),
                  ("ERROR", "Error", ""), ("CANCELLED", "Cancelled", ""))
 SATISFIED = "No refinements needed."  # the model's literal "nothing to refine"
@@ -59,7 +61,7 @@ def _version_index_get(obj) -> int:
 
 
 def _version_index_set(obj, value: int) -> None:
-    from . import actions  # actions imports bpy-heavy modules; keep registration light
+    from .anim import actions  # actions imports bpy-heavy modules; keep registration light
     if not 0 <= value < len(bpy.data.actions) or obj.type != "ARMATURE":
         return
     action = bpy.data.actions[value]
@@ -77,7 +79,7 @@ def _version_index_set(obj, value: int) -> None:
 
 def review(action: bpy.types.Action | None) -> None:
     """Point the Critique & refine state at `action`: its stored assessment and refinement."""
-    from . import actions
+    from .anim import actions
     rt = runtime()
     if rt is None:
         return
@@ -92,8 +94,9 @@ def review(action: bpy.types.Action | None) -> None:
 CLASSES = (IRG_PG_scene, IRG_PG_runtime)
 
 
-def register_properties() -> None:
-    """Attach the property groups (their classes must be registered first)."""
+def register() -> None:
+    """Register the property groups and attach them to the Scene, the WindowManager and Objects."""
+    register_classes(CLASSES)
     bpy.types.Scene.irg_motion = PointerProperty(type=IRG_PG_scene)
     bpy.types.WindowManager.irg_motion = PointerProperty(type=IRG_PG_runtime)
     bpy.types.Object.irg_version_index = IntProperty(
@@ -101,12 +104,13 @@ def register_properties() -> None:
         description="The version that plays (the armature's active Action)")
 
 
-def unregister_properties() -> None:
-    """Detach the property groups (before their classes are unregistered)."""
+def unregister() -> None:
+    """Detach the property groups, then unregister them."""
     for owner, name in ((bpy.types.Scene, "irg_motion"), (bpy.types.WindowManager, "irg_motion"),
                         (bpy.types.Object, "irg_version_index")):
         if hasattr(owner, name):
             delattr(owner, name)
+    unregister_classes(CLASSES)
 
 
 def runtime(context=None) -> IRG_PG_runtime | None:

@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     import bpy
 
     import irg_blender_addon
-    from irg_blender_addon import actions, api
+    from irg_blender_addon.anim import actions
+    from irg_blender_addon import api
 
     model_dir = Path(args.model).resolve()
     manifest = json.loads((model_dir / "manifest.json").read_text())

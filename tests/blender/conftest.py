@@ -21,7 +21,7 @@ def fresh_scene() -> bpy.types.Scene:
 @pytest.fixture()
 def default_rig(fresh_scene) -> bpy.types.Object:
     """A new default IRG rig in the fresh scene."""
-    from irg_blender_addon import rig
+    from irg_blender_addon.rig import armature as rig
     return rig.create_default_rig(bpy.context)
 
 
@@ -34,14 +34,14 @@ def clip_blender(humanml3d_dir) -> np.ndarray:
 
 def _posed_heads(armature: bpy.types.Object, frame: int) -> np.ndarray:
     """Armature-space heads (22, 3) of the joints' bones, evaluated at a scene frame."""
-    from irg_blender_addon import rig
+    from irg_blender_addon.rig import armature as rig
     bpy.context.scene.frame_set(frame)
     return np.array([armature.pose.bones[n].head for n in rig.JOINT_NAMES], dtype=np.float64)
 
 
 def _bone_direction_errors(heads: np.ndarray, joints: np.ndarray) -> np.ndarray:
     """Angle (degrees) between each parent->child direction of `heads` and of `joints` (..., 21)."""
-    from irg_blender_addon import rig
+    from irg_blender_addon.rig import armature as rig
     child = np.arange(1, rig.SKELETON.num_joints)
     parent = np.array(rig.SKELETON.parents[1:])
     a, b = heads[..., child, :] - heads[..., parent, :], joints[..., child, :] - joints[..., parent, :]

@@ -14,7 +14,8 @@ import bpy
 import pytest
 
 import irg_blender_addon
-from irg_blender_addon import prefs
+from irg_blender_addon.ui import prefs
+from irg_blender_addon import settings
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = ROOT / "blender_manifest.toml"
@@ -33,9 +34,7 @@ def registered():
 
 
 def addon_classes() -> list[type]:
-    from irg_blender_addon import batch_ops, operators, props, retarget_ops, ui
-    return [*prefs.CLASSES, *props.CLASSES, *operators.CLASSES, *ui.CLASSES, *prefs.PANEL_CLASSES,
-            *retarget_ops.CLASSES, *batch_ops.CLASSES]
+    return [cls for module in irg_blender_addon.feature_modules() for cls in module.CLASSES]
 
 
 def test_register_unregister_leaves_nothing_behind():
@@ -61,7 +60,7 @@ def test_register_unregister_leaves_nothing_behind():
 
 
 def test_tests_import_the_addon_as_a_top_level_package():
-    assert prefs.ADDON_ID == "irg_blender_addon"
+    assert settings.ADDON_ID == "irg_blender_addon"
     assert prefs.IRG_AddonPreferences.bl_idname == "irg_blender_addon"
     # pytest imports the repository root's __init__.py (the extension's) as a package; it must
     # not pull in a second copy of the add-on (its classes would clash with these).
@@ -72,41 +71,43 @@ def test_tests_import_the_addon_as_a_top_level_package():
 def test_settings_precedence_keyword_over_prefs_over_environment(registered, monkeypatch, tmp_path):
     monkeypatch.setenv("IRG_BACKEND_PYTHON", "/env/python")
     monkeypatch.setenv("IRG_MODEL_DIR", "/env/model")
-    s = prefs.get_settings()  # add-on registered but not enabled: no preferences -> environment
+    s = settings.get_settings()  # add-on registered but not enabled: no preferences -> environment
     assert (s.backend_python, s.model_dir, s.mode, s.max_motion_tokens, s.seed) == \
         ("/env/python", "/env/model", "interleaved", 49, None)
     addons = bpy.context.preferences.addons
     entry = addons.new()
-    entry.module = prefs.ADDON_ID
+    entry.module = settings.ADDON_ID
     try:
-        p = prefs.addon_preferences()
+        p = settings.addon_preferences()
         assert p is not None
         p.model_dir = str(tmp_path)
         p.max_motion_tokens, p.seed, p.mode = 8, 7, "direct"
-        s = prefs.get_settings()
+        s = settings.get_settings()
         assert s.backend_python == "/env/python"  # preference empty -> environment
         assert s.model_dir == str(tmp_path)  # preference wins over the environment
         assert (s.max_motion_tokens, s.seed, s.mode) == (8, 7, "direct")
-        s = prefs.get_settings(model_dir="/kw/model", seed=None, max_motion_tokens=4)
+        s = settings.get_settings(model_dir="/kw/model", seed=None, max_motion_tokens=4)
         assert (s.model_dir, s.seed, s.max_motion_tokens) == ("/kw/model", None, 4)
         req = s.generate_request("a jump")
         assert req["type"] == "generate" and req["mode"] == "direct" and req["max_motion_tokens"] == 4
     finally:
         addons.remove(entry)
     with pytest.raises(ValueError, match="unknown setting"):
-        prefs.get_settings(nonsense=1)
+        settings.get_settings(nonsense=1)
     with pytest.raises(ValueError, match="max_motion_tokens must be 2..50"):
-        prefs.get_settings(max_motion_tokens=51)
+        settings.get_settings(max_motion_tokens=51)
     with pytest.raises(ValueError, match="mode must be one of interleaved, direct"):
-        prefs.get_settings(mode="fast")
+        settings.get_settings(mode="fast")
 
 
 def test_importing_the_addon_imports_no_torch():
     code = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(ROOT)!r})
+        import importlib, pkgutil
         import irg_blender_addon
-        from irg_blender_addon import api, client, jobs, operators, ui, prefs, props, core
+        for found in pkgutil.walk_packages(irg_blender_addon.__path__, "irg_blender_addon."):
+            importlib.import_module(found.name)
         irg_blender_addon.register()
         irg_blender_addon.unregister()
         heavy = [m for m in {HEAVY!r} if m in sys.modules]
@@ -119,8 +120,10 @@ def test_importing_the_addon_imports_no_torch():
 
 
 def test_client_module_needs_no_bpy():
-    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import irg_blender_addon.client; "
-            "assert 'bpy' not in sys.modules, 'client imported bpy'")
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
+            "import irg_blender_addon.backend.local, irg_blender_addon.backend.remote, irg_blender_addon.backend.registry, "
+            "irg_blender_addon.backend.setup, irg_blender_addon.backend.convert; "
+            "assert 'bpy' not in sys.modules, 'the backend package imported bpy'")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
 
@@ -141,45 +144,56 @@ def test_manifest_fields():
     assert set(m["permissions"]) == {"files", "network"}
 
 
-def test_build_paths_list_every_shipped_file_and_nothing_else():
+def test_build_paths_are_the_folders_that_ship():
+    """The zip's contents follow from folders (tools/build_paths.py): the add-on, the presets,
+    and from model_backend only rig_math/ and wire/."""
+    from tools.build_paths import shipped_paths
     paths = manifest()["build"]["paths"]
+    assert paths == shipped_paths(), "run `python tools/build_paths.py --write`"
     missing = [p for p in paths if not (ROOT / p).is_file()]
     assert missing == [], f"listed in [build] paths but absent: {missing}"
-    addon = sorted(f"irg_blender_addon/{p.name}" for p in (ROOT / "irg_blender_addon").glob("*.py"))
-    presets = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "presets").rglob("*")
-                     if p.is_file() and "__pycache__" not in p.parts and not p.name.startswith("."))
-    listed = set(paths)
-    assert [p for p in addon + presets if p not in listed] == [], "files the package would lack"
-    assert "__init__.py" in listed
+    backend = [p for p in paths if p.startswith("model_backend/")]
+    assert "model_backend/rig_math/solver.py" in backend and "model_backend/wire/protocol.py" in backend
+    assert all(p == "model_backend/__init__.py" or p.startswith(("model_backend/rig_math/", "model_backend/wire/"))
+               for p in backend)
+    assert "irg_blender_addon/backend/registry.py" in paths and "presets/rigs/mixamo.json" in paths
     assert all(p.startswith(("irg_blender_addon/", "model_backend/", "presets/")) or p == "__init__.py"
                for p in paths)
 
 
-def imported_modules(path: Path) -> set[str]:
-    """Top-level names of absolute imports, and '.name' for relative ones."""
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+def module_name(path: str) -> str:
+    """'model_backend/rig_math/quat.py' -> 'model_backend.rig_math.quat' (a package: its folder's name)."""
+    parts = list(Path(path).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(path: str) -> tuple[set[str], set[str]]:
+    """(top-level names of absolute imports, the full names of the modules relative imports reach)."""
+    package = module_name(path) if path.endswith("__init__.py") else module_name(path).rpartition(".")[0]
+    absolute, relative = set(), set()
+    for node in ast.walk(ast.parse((ROOT / path).read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
-            names |= {a.name.split(".")[0] for a in node.names}
+            absolute |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            absolute.add(node.module.split(".")[0])
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                names |= {"." + (node.module or a.name).split(".")[0] for a in node.names}
-            else:
-                names.add(node.module.split(".")[0])
-    return names
+            base = package.split(".")[:len(package.split(".")) - node.level + 1]
+            parent = ".".join(base + ([node.module] if node.module else []))
+            for alias in node.names:  # `from . import quat` reaches a module, `from .quat import x` the parent
+                relative.add(f"{parent}.{alias.name}" if not node.module else parent)
+    return absolute, relative
 
 
 def test_shipped_backend_modules_import_no_torch_and_only_shipped_siblings():
     paths = [p for p in manifest()["build"]["paths"] if p.startswith("model_backend/")]
-    shipped = {Path(p).stem for p in paths}
-    assert {"__init__", "skeleton", "protocol"} <= shipped
+    shipped = {module_name(p) for p in paths}
+    assert {"model_backend", "model_backend.rig_math.skeleton", "model_backend.wire.protocol"} <= shipped
     for p in paths:
-        names = imported_modules(ROOT / p)
-        assert not names & set(HEAVY), f"{p} imports {names & set(HEAVY)}"
-        siblings = {n[1:] for n in names if n.startswith(".")}
-        assert siblings <= shipped, f"{p} imports {siblings - shipped}, which the package does not ship"
+        absolute, relative = imported_modules(p)
+        assert not absolute & set(HEAVY), f"{p} imports {absolute & set(HEAVY)}"
+        assert relative <= shipped, f"{p} imports {relative - shipped}, which the package does not ship"
     # And they really import in this environment, which has no torch.
-    mods = ", ".join(f"model_backend.{Path(p).stem}" for p in paths if not p.endswith("__init__.py"))
+    mods = ", ".join(module_name(p) for p in paths if not p.endswith("__init__.py"))
     code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); import {mods}; assert 'torch' not in sys.modules"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -218,12 +232,12 @@ def test_installed_extension_registers_under_its_extension_name(tmp_path):
                                                  enable_on_install=True)
         name = "bl_ext.user_default.irg_motion"
         assert name in bpy.context.preferences.addons, list(bpy.context.preferences.addons.keys())
-        mod = sys.modules[name + ".irg_blender_addon.prefs"]
+        mod = sys.modules[name + ".irg_blender_addon.settings"]
         assert mod.ADDON_ID == name, mod.ADDON_ID
         assert bpy.context.preferences.addons[name].preferences is not None
         assert hasattr(bpy.types.Scene, "irg_motion")
         core = sys.modules[name + ".irg_blender_addon.core"]
-        assert core.skeleton.__name__ == name + ".model_backend.skeleton"  # the packaged copy, not a checkout
+        assert core.skeleton.__name__ == name + ".model_backend.rig_math.skeleton"  # the packaged copy, not a checkout
         assert "torch" not in sys.modules
         addon_utils.disable(name)
         assert not hasattr(bpy.types.Scene, "irg_motion")

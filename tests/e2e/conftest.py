@@ -12,8 +12,10 @@ import bpy
 import pytest
 
 import irg_blender_addon
-from irg_blender_addon import client, jobs
-from irg_blender_addon.prefs import ADDON_ID
+from irg_blender_addon.backend import registry
+from irg_blender_addon.jobs import base as jobs
+from irg_blender_addon.jobs import generate as generate_jobs
+from irg_blender_addon.settings import ADDON_ID
 
 # Fast settings for the fixture model: direct mode, a few tokens, greedy.
 FAST = {"mode": "direct", "max_motion_tokens": 6, "temperature": 0.0}
@@ -66,7 +68,7 @@ def addon_prefs(scene):
     addons.remove(entry)
 
 
-def pump_until_done(job: jobs.GenerateJob, timeout: float = 300.0) -> jobs.GenerateJob:
+def pump_until_done(job: generate_jobs.GenerateJob, timeout: float = 300.0) -> generate_jobs.GenerateJob:
     """What the UI timer does, in a loop (timers never run in background mode)."""
     deadline = time.monotonic() + timeout
     while job.pump():
@@ -97,4 +99,4 @@ def counts():
 def no_backends_left():
     """Stop every backend after the test (for tests that spawn a broken one)."""
     yield
-    client.shutdown_all()
+    registry.shutdown_all()

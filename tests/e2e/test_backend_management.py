@@ -14,33 +14,23 @@ import time
 import bpy
 import pytest
 
-from irg_blender_addon import batch, batch_ops, client, jobs, prefs, rig
-from irg_blender_addon.client import BackendError
+from irg_blender_addon.jobs import batch, base as jobs
+from irg_blender_addon.jobs import generate as generate_jobs
+from irg_blender_addon import settings
+from irg_blender_addon.ui import backend as backend_ui
+from irg_blender_addon.backend import local as client
+from irg_blender_addon.backend import registry
+from irg_blender_addon.rig import armature as rig
+from irg_blender_addon.backend.base import BackendError
 from ui_recorder import draw
 
 
-@pytest.fixture(scope="module", autouse=True)
-def extra_classes(registered_addon):
-    """The Backend panel and batch_ops on top of the add-on (until irg_blender_addon.register() does it)."""
-    mine = [c for c in prefs.PANEL_CLASSES if not c.is_registered]
-    for cls in mine:
-        bpy.utils.register_class(cls)
-    own_batch = not hasattr(bpy.types.Scene, "irg_batch")
-    if own_batch:
-        batch_ops.register()
-    yield
-    if own_batch:
-        batch_ops.unregister()
-    for cls in reversed(mine):
-        bpy.utils.unregister_class(cls)
-
-
 def local_client() -> client.BackendClient:
-    s = prefs.get_settings()
-    return client.get_client(s.backend_python, s.model_dir, s.device, s.precision)
+    s = settings.get_settings()
+    return registry.get_client(s.backend_python, s.model_dir, s.device, s.precision)
 
 
-def start_long_generation() -> jobs.GenerateJob:
+def start_long_generation() -> generate_jobs.GenerateJob:
     """Generate with a long reasoning trace (the fixture model writes 1300 tokens of text) and
     return once the model is writing: mid-stream."""
     bpy.context.scene.irg_motion.prompt = "a person runs in a circle"
@@ -54,7 +44,7 @@ def start_long_generation() -> jobs.GenerateJob:
     return job
 
 
-def generate_fast(pump, addon_prefs) -> jobs.GenerateJob:
+def generate_fast(pump, addon_prefs) -> generate_jobs.GenerateJob:
     addon_prefs.mode, addon_prefs.max_motion_tokens = "direct", 3
     bpy.context.scene.irg_motion.prompt = "a person walks"
     assert bpy.ops.irg.generate() == {"FINISHED"}
@@ -62,7 +52,7 @@ def generate_fast(pump, addon_prefs) -> jobs.GenerateJob:
 
 
 def draw_backend_panel() -> str:
-    return draw(prefs.IRG_PT_backend, bpy.context).text()
+    return draw(backend_ui.IRG_PT_backend, bpy.context).text()
 
 
 def test_backend_killed_mid_stream(scene, addon_prefs, pump, counts):
@@ -175,12 +165,12 @@ def test_ping_start_stop_and_log_operators(scene, addon_prefs, pump, no_backends
     assert 0 < backend.ping(timeout=10) < 10
     assert bpy.ops.irg.backend_ping() == {"FINISHED"}
     assert bpy.ops.irg.show_backend_log() == {"FINISHED"}
-    text = bpy.data.texts[prefs.LOG_TEXTS["BACKEND"]].as_string()
+    text = bpy.data.texts[backend_ui.LOG_TEXTS["BACKEND"]].as_string()
     assert text.startswith(f"# {backend.log_path}") and "starting the backend" in text
-    assert str(prefs.get_settings().model_dir) in text
+    assert str(settings.get_settings().model_dir) in text
 
     assert bpy.ops.irg.backend_stop() == {"FINISHED"}
-    assert client.running_clients() == [] and backend.state == "stopped"
+    assert registry.running_clients() == [] and backend.state == "stopped"
     with pytest.raises(BackendError, match="not ready"):
         backend.ping()
     assert bpy.ops.irg.backend_ping() == {"CANCELLED"}  # a warning: not running
@@ -217,21 +207,21 @@ def test_a_batch_on_a_remote_server_with_a_token(scene, addon_prefs, backend_pyt
             address = found and found.group(1)
         addon_prefs.server_url, addon_prefs.server_token = f"tcp://{address}", token
         addon_prefs.mode, addon_prefs.max_motion_tokens = "direct", 2
-        settings = prefs.get_settings()
-        assert settings.remote and token not in repr(settings)
-        remote = client.client_for(settings)
+        merged = settings.get_settings()
+        assert merged.remote and token not in repr(merged)
+        remote = registry.client_for(merged)
         assert type(remote).__name__ == "RemoteBackendClient" and token not in repr(remote)
         arm = rig.create_default_rig(bpy.context)
         results = batch.bake_batch(arm, ["a person walks", "a person jumps"])
         assert [r.status for r in results] == ["done", "done"], [r.error for r in results]
-        assert remote.state == "ready" and client.running_clients() == [remote]
+        assert remote.state == "ready" and registry.running_clients() == [remote]
         assert "Server" in draw_backend_panel()
         addon_prefs.server_token = "wrong-" + token
         with pytest.raises(BackendError, match="refused the token"):
-            client.client_for(prefs.get_settings()).wait_ready(30)
+            registry.client_for(settings.get_settings()).wait_ready(30)
     finally:
         addon_prefs.server_url, addon_prefs.server_token = "", ""
-        client.shutdown_all()
+        registry.shutdown_all()
         server.send_signal(signal.SIGINT)
         try:
             lines.append(server.communicate(timeout=30)[1])

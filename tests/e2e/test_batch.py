@@ -10,7 +10,10 @@ import bpy
 import numpy as np
 import pytest
 
-from irg_blender_addon import actions, batch, batch_ops, compat, jobs, rig
+from irg_blender_addon.anim import actions, compat
+from irg_blender_addon.jobs import batch, base as jobs
+from irg_blender_addon.ui import batch as batch_ops
+from irg_blender_addon.rig import armature as rig
 from ui_recorder import Recorder, draw, fake_context
 
 CSV = """prompt,seed,length

@@ -7,8 +7,9 @@ import sys
 import bpy
 import pytest
 
-from irg_blender_addon import api, jobs
-from irg_blender_addon.client import BackendError
+from irg_blender_addon import api
+from irg_blender_addon.jobs import base as jobs
+from irg_blender_addon.backend.base import BackendError
 
 
 def press_generate(prompt: str = "a person walks") -> str:

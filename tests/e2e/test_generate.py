@@ -8,14 +8,19 @@ import bpy
 import numpy as np
 import pytest
 
-from irg_blender_addon import actions, api, client, jobs, rig
+from irg_blender_addon.anim import actions
+from irg_blender_addon import api
+from irg_blender_addon.backend import registry
+from irg_blender_addon.jobs import base as jobs
+from irg_blender_addon.jobs import generate as generate_jobs
+from irg_blender_addon.rig import armature as rig
 from irg_blender_addon.core import skeleton
 
 
 @pytest.fixture()
 def generate(pump):
     """Type the prompt in the panel, press Generate, pump until the job ends."""
-    def run(prompt: str) -> jobs.GenerateJob:
+    def run(prompt: str) -> generate_jobs.GenerateJob:
         bpy.context.scene.irg_motion.prompt = prompt
         assert bpy.ops.irg.generate() == {"FINISHED"}
         job = jobs.manager.job
@@ -153,6 +158,6 @@ def test_unregister_stops_the_backend(scene, addon_prefs, generate):
     irg_blender_addon.unregister()
     try:
         assert proc.poll() == 0  # asked to shut down, and it did
-        assert backend.state == "stopped" and client.running_clients() == []
+        assert backend.state == "stopped" and registry.running_clients() == []
     finally:
         irg_blender_addon.register()  # the module's fixture unregisters at its end

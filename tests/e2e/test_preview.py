@@ -9,7 +9,11 @@ import bpy
 import numpy as np
 import pytest
 
-from irg_blender_addon import actions, compat, jobs, operators, pose, rig
+from irg_blender_addon.anim import actions, compat
+from irg_blender_addon.jobs import base as jobs
+from irg_blender_addon.jobs import generate as generate_jobs
+from irg_blender_addon.jobs import review as review_jobs
+from irg_blender_addon.rig import pose, armature as rig
 
 TOKENS = 24  # the backend sends a preview every 8 motion tokens: 8, 16, 24
 
@@ -22,10 +26,10 @@ def preview_prefs(addon_prefs):
 
 
 def provisional() -> list[bpy.types.Action]:
-    return [a for a in bpy.data.actions if a.get(jobs.PREVIEW_MARK)]
+    return [a for a in bpy.data.actions if a.get(generate_jobs.PREVIEW_MARK)]
 
 
-def start(prompt: str = "a person runs forward") -> jobs.GenerateJob:
+def start(prompt: str = "a person runs forward") -> generate_jobs.GenerateJob:
     bpy.context.scene.irg_motion.prompt = prompt
     assert bpy.ops.irg.generate() == {"FINISHED"}
     job = jobs.manager.job
@@ -33,7 +37,7 @@ def start(prompt: str = "a person runs forward") -> jobs.GenerateJob:
     return job
 
 
-def step(job: jobs.GenerateJob) -> bool:
+def step(job: generate_jobs.GenerateJob) -> bool:
     """One backend event, then, if it was a preview, wait for the worker and key it.
 
     A warm fixture model streams a whole motion in a few milliseconds, faster than a
@@ -45,7 +49,7 @@ def step(job: jobs.GenerateJob) -> bool:
     return running
 
 
-def step_until_preview(job: jobs.GenerateJob, timeout: float = 120.0) -> bpy.types.Action:
+def step_until_preview(job: generate_jobs.GenerateJob, timeout: float = 120.0) -> bpy.types.Action:
     """Step until the armature plays the provisional Action; return it."""
     deadline = time.monotonic() + timeout
     while not provisional():
@@ -144,7 +148,7 @@ def test_refine_streams_a_preview_too(scene, preview_prefs, pump, counts):
     joints = np.zeros((40, 22, 3), np.float32) + np.linspace(0, 1, 22)[None, :, None]
     parent = actions.write_version(arm, joints, prompt="a person runs forward", tokens=[5] * 10)
     preview_prefs.max_trace_tokens = 300
-    job = operators.start_refine(bpy.context, parent, "run faster", preview=True)
+    job = review_jobs.start_refine(bpy.context, parent, "run faster", preview=True)
     job.preview_interval = 0.0
     step_until_preview(job)
     pump(job)

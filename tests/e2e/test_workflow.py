@@ -13,7 +13,14 @@ import bpy
 import numpy as np
 import pytest
 
-from irg_blender_addon import actions, api, client, compat, jobs, operators, rig
+from irg_blender_addon.anim import actions, compat
+from irg_blender_addon import api
+from irg_blender_addon.backend import registry
+from irg_blender_addon.jobs import base as jobs
+from irg_blender_addon.jobs import generate as generate_jobs
+from irg_blender_addon.jobs import generate as generate_jobs
+import irg_blender_addon
+from irg_blender_addon.rig import armature as rig
 from irg_blender_addon.core import protocol
 
 TRACE = 260  # max_trace_tokens that fits a critique / refine trace around a 6-token motion (fast on CPU)
@@ -170,9 +177,9 @@ def test_keep_rename_delete_save_and_reload(scene, review_prefs, pump, backend_p
     path = tmp_path / "workflow.blend"
     bpy.ops.wm.save_as_mainfile(filepath=str(path))
     bpy.ops.wm.read_homefile(use_empty=True)
-    client.shutdown_all()
+    registry.shutdown_all()
     bpy.ops.wm.open_mainfile(filepath=str(path))
-    assert not jobs.manager.busy() and client.running_clients() == []  # nothing runs on file load
+    assert not jobs.manager.busy() and registry.running_clients() == []  # nothing runs on file load
     arm = bpy.data.objects[arm_name]
     reloaded = actions.versions(arm)
     assert [a.name for a in reloaded] == [first_name, "jump_high"]
@@ -200,7 +207,8 @@ def test_each_version_operator_is_one_undo_step(scene):
         return ({n: (i.get("keep", False), i["parent"]) for n, i in found.items()},
                 bpy.data.objects[arm_name].animation_data.action.name, bpy.context.scene.irg_motion.prompt)
     start = state()
-    classes = {cls.bl_idname: cls for cls in operators.CLASSES}
+    classes = {cls.bl_idname: cls for module in irg_blender_addon.feature_modules() for cls in module.CLASSES
+               if issubclass(cls, bpy.types.Operator)}
     for idname, kwargs in (("irg.toggle_keep", {"action": names[0]}),
                            ("irg.rename_version", {"action": names[0], "name": "renamed"}),
                            ("irg.delete_version", {"action": names[1]}),
@@ -243,7 +251,7 @@ def test_opening_another_file_mid_stream_leaves_both_files_clean(scene, addon_pr
     assert bpy.ops.irg.generate() == {"FINISHED"}
     job = jobs.manager.job
     job.preview_interval = 0.0
-    while not any(a.get(jobs.PREVIEW_MARK) for a in bpy.data.actions):
+    while not any(a.get(generate_jobs.PREVIEW_MARK) for a in bpy.data.actions):
         assert job.pump(max_events=1), job.status
         while job.running and job.preview_pending:
             time.sleep(0.002)
@@ -252,12 +260,12 @@ def test_opening_another_file_mid_stream_leaves_both_files_clean(scene, addon_pr
     assert job.state == "cancelled" and "another file" in job.status
     assert counts() == before and arm.animation_data.action is None  # the preview went, nothing written
     backend = job.client
-    again = operators.start_generation(bpy.context, "a person bows", max_motion_tokens=6)  # late events ignored
+    again = generate_jobs.start_generation(bpy.context, "a person bows", max_motion_tokens=6)  # late events ignored
     pump(again)
     assert again.state == "done" and again.client is backend and len(again.action_names) == 1
 
 
-def step_until_solving(job: jobs.GenerateJob, timeout: float = 120.0) -> None:
+def step_until_solving(job: generate_jobs.GenerateJob, timeout: float = 120.0) -> None:
     """Pump one event at a time until the motion is being solved in the worker (nothing written yet)."""
     deadline = time.monotonic() + timeout
     while not job.version_pending:
@@ -270,7 +278,7 @@ def step_until_solving(job: jobs.GenerateJob, timeout: float = 120.0) -> None:
 def test_ending_the_job_while_the_version_is_solved_writes_nothing(scene, review_prefs, pump, counts, how):
     arm = rig.create_default_rig(bpy.context)
     before = counts()
-    job = operators.start_generation(bpy.context, "a person waves")
+    job = generate_jobs.start_generation(bpy.context, "a person waves")
     step_until_solving(job)
     if how == "cancel":
         jobs.manager.cancel()
@@ -279,7 +287,7 @@ def test_ending_the_job_while_the_version_is_solved_writes_nothing(scene, review
         jobs.manager.abandon()
     assert job.state == "cancelled" and job.action_names == [], job.status
     assert counts() == before and (arm.animation_data is None or arm.animation_data.action is None)
-    again = operators.start_generation(bpy.context, "a person bows")  # late events are ignored
+    again = generate_jobs.start_generation(bpy.context, "a person bows")  # late events are ignored
     pump(again)
     assert again.state == "done" and len(again.action_names) == 1, again.status
 
@@ -287,7 +295,7 @@ def test_ending_the_job_while_the_version_is_solved_writes_nothing(scene, review
 def test_a_failed_solve_ends_the_job_with_its_reason_and_writes_nothing(scene, review_prefs, pump, counts):
     before = counts()  # no armature: the job makes the default rig, which has no root bone above its hips
     scene.irg_retarget.root_mode = "root_bone"
-    job = operators.start_generation(bpy.context, "a person jumps")
+    job = generate_jobs.start_generation(bpy.context, "a person jumps")
     pump(job)
     assert job.state == "error" and "has no root bone above its hips bone" in job.error, job.status
     assert counts() == before  # no version, and the rig made for it is gone

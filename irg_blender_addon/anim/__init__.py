@@ -1,0 +1,1 @@
+"""Animation data: versions as Actions (actions.py) and the Blender-version differences (compat.py)."""

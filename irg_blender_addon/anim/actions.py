@@ -1,0 +1,346 @@
+"""Versions: each generated motion is a new Action ("walk_forward.v003") with its metadata.
+
+Metadata lives in the Action's ID properties under `action["irg"]` (saved with the
+.blend): prompt, round, tokens, assessment, refinement, model, seed, parent (the
+parent version's Action name), source, slug, version, serial (creation order in
+the file), created (ISO time, UTC), fps, src_fps, frames, frame_start, frame_end,
+armature, armature_id, scale, rotation_mode_changed, extra (a dict), and the
+retarget options: preset (the rig preset id used), root_mode, foot_lock, smoothing;
+and, set later by the user or the model, keep (bool) and caption (text).
+The source joints (Blender axes, at src_fps) are kept beside them, under
+`action["irg_joints"]` (and the contact channels under `action["irg_contacts"]`
+when given), so a version can be applied to another armature (`apply_version`).
+An armature is identified by `obj["irg_rig_id"]` (set on its first version), so
+renaming it keeps its versions.
+"""
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+import uuid
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+import bpy
+import numpy as np
+
+from . import compat
+from ..rig import pose, armature as rig
+
+NAMESPACE = "irg"
+RIG_ID = "irg_rig_id"
+JOINTS_KEY, CONTACTS_KEY = "irg_joints", "irg_contacts"
+SLUG_MAX = 40
+UPDATABLE = ("prompt", "round", "tokens", "assessment", "refinement", "model", "seed", "parent", "source", "extra",
+             "keep", "caption")
+_LATER_FIELDS = {"keep": bool, "caption": str}  # updatable fields a new version does not take
+
+
+def slugify(prompt: str, max_len: int = SLUG_MAX) -> str:
+    """A name-safe slug: "Walk forward, then wave!" -> "walk_forward_then_wave" (never empty: "motion")."""
+    text = unicodedata.normalize("NFKD", str(prompt or "")).encode("ascii", "ignore").decode().lower()
+    slug = ""
+    for word in re.findall(r"[a-z0-9]+", text):
+        candidate = f"{slug}_{word}" if slug else word
+        if len(candidate) > max_len:
+            slug = slug or word[:max_len]  # one over-long word: cut it
+            break
+        slug = candidate
+    return slug or "motion"
+
+
+def _rig_id(armature: bpy.types.Object, *, create: bool) -> str | None:
+    rid = armature.get(RIG_ID)
+    if rid is None and create:
+        rid = armature[RIG_ID] = uuid.uuid4().hex
+    return rid
+
+
+def _all_versions() -> list[bpy.types.Action]:
+    return [a for a in bpy.data.actions if hasattr(a.get(NAMESPACE), "to_dict")]
+
+
+def _check_is_armature(armature) -> None:
+    if armature is None or getattr(armature, "type", None) != "ARMATURE":
+        rig.check_armature(armature)  # raises the clear message
+
+
+def versions(armature: bpy.types.Object) -> list[bpy.types.Action]:
+    """The versions made for this armature, in creation order."""
+    _check_is_armature(armature)
+    rid = _rig_id(armature, create=False)
+    if rid is None:
+        return []
+    found = [a for a in _all_versions() if a[NAMESPACE].get("armature_id") == rid]
+    return sorted(found, key=lambda a: (a[NAMESPACE].get("serial", 0), a[NAMESPACE].get("version", 0), a.name))
+
+
+def version_info(action: bpy.types.Action) -> dict[str, Any]:
+    """The version's metadata as plain Python ({} for an Action that is not a version)."""
+    raw = action.get(NAMESPACE)
+    if raw is None or not hasattr(raw, "to_dict"):
+        return {}
+    info = raw.to_dict()
+    info["tokens"] = [int(t) for t in info.get("tokens", [])]
+    info["seed"] = int(info["seed"]) if info.get("seed", "") != "" else None  # stored as text: may exceed 32 bits
+    info.setdefault("extra", {})
+    return info
+
+
+def _id_value(value: Any) -> Any:
+    """A value an ID property can hold (dicts and lists recursively; other objects as text)."""
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {str(k): _id_value(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        items = [_id_value(v) for v in value]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items):
+            return items
+        return [str(v) for v in items]
+    return str(value)
+
+
+def _fields(prompt, round, tokens, assessment, refinement, model, seed, parent, source, extra) -> dict[str, Any]:
+    """The user-facing metadata fields, validated and converted for ID properties."""
+    token_list = [int(t) for t in tokens]
+    if any(t < 0 or t >= 2**31 for t in token_list):
+        raise ValueError("motion tokens must be non-negative integers below 2**31")
+    parent_name = parent.name if isinstance(parent, bpy.types.Action) else str(parent or "")
+    return {"prompt": str(prompt), "round": int(round), "tokens": token_list, "assessment": str(assessment),
+            "refinement": str(refinement), "model": str(model), "seed": "" if seed is None else str(int(seed)),
+            "parent": parent_name, "source": str(source), "extra": _id_value(dict(extra or {}))}
+
+
+def _next_name(armature: bpy.types.Object, slug: str) -> tuple[int, str]:
+    """Next free version number for armature + slug, skipping names taken by any other Action."""
+    infos = [version_info(a) for a in versions(armature)]
+    used = [info.get("version", 0) for info in infos if info.get("slug") == slug]
+    number = max(used, default=0) + 1
+    while bpy.data.actions.get(f"{slug}.v{number:03d}") is not None:
+        number += 1
+    return number, f"{slug}.v{number:03d}"
+
+
+def key_channels(action: bpy.types.Action, armature: bpy.types.Object, channels: pose.PoseChannels,
+                 interpolation: str = "LINEAR") -> None:
+    """Write the channels as keys on `action` for `armature` (one F-Curve per channel, in bulk;
+    existing keys on those F-Curves are replaced). The armature's bones are not changed."""
+    specs, series = [], []
+    for b, name in enumerate(channels.bone_names):
+        path = f'pose.bones["{bpy.utils.escape_identifier(name)}"]'
+        for i in range(4):
+            specs.append((f"{path}.rotation_quaternion", i, name))
+            series.append(channels.quaternions[:, b, i])
+        location = channels.locations.get(name)
+        if location is None and name == channels.root_bone:
+            location = channels.location
+        if location is not None:
+            for i in range(3):
+                specs.append((f"{path}.location", i, name))
+                series.append(location[:, i])
+    for fcurve, values in zip(compat.ensure_fcurves(action, armature, specs), series):
+        compat.write_keys(fcurve, channels.frames, values, interpolation)
+
+
+def _check_channels(armature: bpy.types.Object, channels: pose.PoseChannels, *, preset, root_mode: str,
+                    foot_lock: bool, smoothing: bool) -> None:
+    """ValueError unless pre-solved channels fit the armature and the retarget options given with them."""
+    fix = "solve them for this armature (pose.plan_channels + pose.solve_channels) with the same options"
+    missing = [n for n in channels.bone_names if n not in armature.pose.bones]
+    if missing:
+        raise ValueError(f"The channels key bones that armature {armature.name!r} does not have "
+                         f"({', '.join(missing[:5])}{'...' if len(missing) > 5 else ''}): {fix}.")
+    count = len(channels.frames)
+    if count < 1 or np.shape(channels.quaternions) != (count, len(channels.bone_names), 4) or any(
+            np.shape(v) != (count, 3) for v in (channels.location, *channels.locations.values())):
+        raise ValueError(f"The channels are inconsistent ({count} frames, quaternions "
+                         f"{np.shape(channels.quaternions)} for {len(channels.bone_names)} bones): {fix}.")
+    given = {"root_mode": root_mode, "foot_lock": bool(foot_lock), "smoothing": bool(smoothing)}
+    solved = {"root_mode": channels.root_mode, "foot_lock": channels.foot_lock, "smoothing": channels.smoothing}
+    if isinstance(preset, Mapping):
+        given["preset"], solved["preset"] = {j: b for j, b in preset.items() if b}, channels.mapping
+    elif preset not in (None, "auto"):
+        given["preset"], solved["preset"] = preset, channels.preset
+    differ = [f"{k}={solved[k]!r} (given {given[k]!r})" for k in given if given[k] != solved[k]]
+    if differ:
+        raise ValueError(f"The channels were solved with other retarget options: {', '.join(differ)}; {fix}.")
+
+
+def _use_quaternions(armature: bpy.types.Object, names) -> list[str]:
+    """Set the bones' rotation mode to QUATERNION; the names of those that were not."""
+    changed = []
+    for name in names:
+        bone = armature.pose.bones[name]
+        if bone.rotation_mode != "QUATERNION":
+            bone.rotation_mode = "QUATERNION"
+            changed.append(name)
+    return changed
+
+
+def write_version(armature: bpy.types.Object, joints_blender, *, fps: float = 20.0, prompt: str, round: int = 1,
+                  tokens=(), assessment: str = "", refinement: str = "", model: str = "", seed: int | None = None,
+                  parent=None, source: str = "generate", extra: dict | None = None,
+                  interpolation: str = "LINEAR", preset: str | dict | None = "auto", root_mode: str = "root_motion",
+                  foot_lock: bool = False, smoothing: bool = False, contacts=None,
+                  channels: pose.PoseChannels | None = None) -> bpy.types.Action:
+    """Key joints (T, 22, 3; Blender axes, metres, at `fps`) as a new version, made the active Action.
+
+    Name `{slug}.v{NNN}` (never overwrites an Action), fake user set, frame range set, the
+    scene's end frame extended to cover it. parent: the parent version (Action or name).
+    Retarget options (see pose.joints_to_channels): preset ("auto", a preset id or
+    {joint: bone}), root_mode ("root_motion", "in_place", "root_bone"), foot_lock,
+    smoothing, contacts ((T, 4) contact channels for foot locking, optional).
+    channels: the channels already solved from these joints with these options
+    (pose.solve_channels, e.g. in a worker thread): keyed as they are, after a check
+    that they fit the armature and the options (ValueError otherwise).
+    Keyed bones not in quaternion mode are switched to it (listed in the metadata's
+    rotation_mode_changed). All or nothing: on any error the half-made Action is
+    removed and the previous active Action, rotation modes and scene range are restored."""
+    rig.check_armature(armature)
+    rig.ensure_pose(armature)
+    fields = _fields(prompt, round, tokens, assessment, refinement, model, seed, parent, source, extra)
+    if channels is None:
+        channels = pose.joints_to_channels(armature, joints_blender, src_fps=fps, preset=preset, root_mode=root_mode,
+                                           foot_lock=foot_lock, smoothing=smoothing, contacts=contacts)  # validates
+        source_joints = np.asarray(joints_blender, dtype=np.float64)
+    else:
+        _check_channels(armature, channels, preset=preset, root_mode=root_mode, foot_lock=foot_lock,
+                        smoothing=smoothing)
+        source_joints = pose.check_joints(joints_blender, rig.SKELETON.num_joints)
+        pose.check_contacts(contacts, len(source_joints))
+    slug = slugify(prompt)
+    number, name = _next_name(armature, slug)
+    scene = bpy.context.scene
+    anim = armature.animation_data
+    previous = anim.action if anim is not None else None
+    modes = {b.name: b.rotation_mode for b in armature.pose.bones}
+    frame_end, had_id = scene.frame_end, armature.get(RIG_ID) is not None
+    action = compat.new_action(name)
+    try:
+        key_channels(action, armature, channels, interpolation)
+        start, end = float(channels.frames[0]), float(channels.frames[-1])
+        action.use_fake_user = True
+        action.use_frame_range = True
+        action.frame_start, action.frame_end = start, end
+        serial = max((a[NAMESPACE].get("serial", 0) for a in _all_versions()), default=0) + 1
+        action[NAMESPACE] = {
+            **fields, "slug": slug, "version": number, "serial": serial,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "fps": channels.fps, "src_fps": float(fps), "frames": len(channels.frames),
+            "frame_start": start, "frame_end": end, "armature": armature.name,
+            "armature_id": _rig_id(armature, create=True), "scale": channels.scale,
+            "preset": channels.preset, "root_mode": channels.root_mode,
+            "foot_lock": bool(foot_lock), "smoothing": bool(smoothing),
+            "rotation_mode_changed": _use_quaternions(armature, channels.bone_names)}
+        action[JOINTS_KEY] = source_joints.ravel().tolist()
+        if contacts is not None:
+            action[CONTACTS_KEY] = np.asarray(contacts, dtype=np.float64).ravel().tolist()
+        compat.assign_action(armature, action)
+        if scene.frame_end < end:
+            scene.frame_end = math.ceil(end)
+    except BaseException:
+        bpy.data.actions.remove(action)
+        if armature.animation_data is not None and armature.animation_data.action != previous:
+            compat.assign_action(armature, previous)
+        for bone, mode in modes.items():
+            armature.pose.bones[bone].rotation_mode = mode
+        scene.frame_end = frame_end
+        if not had_id and RIG_ID in armature:
+            del armature[RIG_ID]
+        raise
+    return action
+
+
+def source_motion(action: bpy.types.Action) -> tuple[np.ndarray, np.ndarray | None]:
+    """The joints (T, 22, 3; Blender axes, at the version's src_fps) a version was made from,
+    and its contact channels (T, 4) or None. ValueError when the version holds none."""
+    info = version_info(action)
+    stored = action.get(JOINTS_KEY)
+    if not info or stored is None:
+        raise ValueError(f"Action {action.name!r} holds no source motion (it is not an IRG Motion version, or was "
+                         "made before versions kept their joints): generate it again.")
+    joints = np.asarray(stored.to_list() if hasattr(stored, "to_list") else stored, dtype=np.float64)
+    joints = joints.reshape(-1, 22, 3)
+    raw = action.get(CONTACTS_KEY)
+    contacts = None
+    if raw is not None:
+        contacts = np.asarray(raw.to_list() if hasattr(raw, "to_list") else raw, dtype=np.float64).reshape(-1, 4)
+    return joints, contacts
+
+
+def apply_version(action: bpy.types.Action, armature: bpy.types.Object, **options) -> bpy.types.Action:
+    """Retarget a version's source motion onto `armature` as a new version of that armature.
+
+    The new version keeps the prompt, round, tokens, assessment, refinement, model,
+    seed and extra; parent is `action`, source "retarget". options: preset (default "auto":
+    detect the target's rig), root_mode, foot_lock, smoothing (default: the version's own),
+    interpolation."""
+    rig.check_armature(armature)
+    joints, contacts = source_motion(action)
+    info = version_info(action)
+    unknown = set(options) - {"preset", "root_mode", "foot_lock", "smoothing", "interpolation"}
+    if unknown:
+        raise TypeError(f"unknown option(s) {', '.join(sorted(unknown))}; "
+                        "known: preset, root_mode, foot_lock, smoothing, interpolation")
+    settings = {"preset": "auto", "root_mode": info.get("root_mode", "root_motion"),
+                "foot_lock": bool(info.get("foot_lock", False)), "smoothing": bool(info.get("smoothing", False))}
+    settings.update(options)
+    return write_version(armature, joints, fps=float(info.get("src_fps", 20.0)), prompt=info.get("prompt", ""),
+                         round=int(info.get("round", 1)), tokens=info.get("tokens", ()),
+                         assessment=info.get("assessment", ""), refinement=info.get("refinement", ""),
+                         model=info.get("model", ""), seed=info.get("seed"), parent=action, source="retarget",
+                         extra=info.get("extra"), contacts=contacts, **settings)
+
+
+def update_info(action: bpy.types.Action, **fields) -> None:
+    """Change metadata fields of a version (e.g. the assessment that arrives after its motion,
+    the user's `keep` flag, the model's `caption`). TypeError for a field not in UPDATABLE,
+    ValueError for an Action that is not a version; nothing changes then."""
+    unknown = set(fields) - set(UPDATABLE)
+    if unknown:
+        raise TypeError(f"cannot update {', '.join(sorted(unknown))}; updatable: {', '.join(UPDATABLE)}")
+    info = action.get(NAMESPACE)
+    if info is None or not hasattr(info, "to_dict"):
+        raise ValueError(f"Action {action.name!r} is not an IRG Motion version")
+    current = version_info(action)
+    merged = _fields(**{k: fields.get(k, current.get(k)) for k in UPDATABLE if k not in _LATER_FIELDS})
+    merged.update({k: convert(fields[k]) for k, convert in _LATER_FIELDS.items() if k in fields})
+    for key in fields:
+        info[key] = merged[key]
+
+
+def set_active_version(armature: bpy.types.Object, action: bpy.types.Action) -> None:
+    """Make `action` the armature's active Action (its keyed bones switch to quaternion rotation)."""
+    rig.check_armature(armature)
+    if not isinstance(action, bpy.types.Action):
+        raise ValueError(f"Expected an Action, got {action!r}")
+    bones = rig.ensure_pose(armature).bones
+    names = [n for n in keyed_bones(action) if n in bones]
+    compat.assign_action(armature, action)
+    _use_quaternions(armature, names)
+
+
+def keyed_bones(action: bpy.types.Action) -> list[str]:
+    """Names of the bones whose rotation_quaternion the Action keys, in F-Curve order."""
+    names = []
+    for fcurve in compat.action_fcurves(action):
+        path = fcurve.data_path
+        if path.startswith('pose.bones["') and path.endswith('"].rotation_quaternion'):
+            name = re.sub(r"\\(.)", r"\1", path[len('pose.bones["'):-len('"].rotation_quaternion')])  # unescape
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def delete_version(action: bpy.types.Action) -> None:
+    """Delete a version; armatures that played it switch to their latest remaining version."""
+    users = [o for o in bpy.data.objects
+             if o.type == "ARMATURE" and o.animation_data is not None and o.animation_data.action == action]
+    bpy.data.actions.remove(action)
+    for obj in users:
+        remaining = versions(obj)
+        compat.assign_action(obj, remaining[-1] if remaining else None)

@@ -1,0 +1,652 @@
+"""Retargeting by directions: HumanML3D joints onto any humanoid armature (motion-math 2.3).
+
+The rig's rest data is read once (`read_rest`); `make_plan` turns it and a joint
+-> bone map into everything that does not change per frame; `retarget` then
+solves a whole clip at once, vectorised over frames.
+
+For every mapped bone A of a joint j with data (j is not a leaf), the aim is from
+j to k, the first joint down j's main chain that has a bone (else j's main child);
+the twist reference ("front") is the solver's (model_backend.rig_math.solver) for joint j.
+With S(t) = frame(p_k - p_j, front_j(t)) for the clip and B = frame(the same two
+vectors on the rig's rest joints), the bone's world rotation from rest to pose is
+W_A = S B^T: its rest aim lands on the clip's aim and its rest front on the
+clip's front, whatever the rig's rest pose (T or A), bone roll, length or names.
+The rest fronts come from solving the rig's own rest joints with the same rules,
+so a clip that is the rig's rest pose moved rigidly gives exactly that rigid
+motion (falling back to "forward perpendicular to the bone" when the rig's hip or
+chest children are degenerate, e.g. several bones starting at one point).
+
+Other bones: leaves (head, hands, toes) and unmapped bones keep their rest pose
+relative to their parent; bones between A and k's bone C (extra spine segments,
+twist segments) and twist bones beside that span turn with A plus a share of C's
+twist about the span (their fraction along it), so C's head still lands exactly.
+Local channels, parents first: L_b = R_b^-1 W_p^-1 W_b R_b (R rest rotations in
+armature space, turned by the object's rotation so +Z is up; W world rotations
+from rest to pose). Root translation:
+model_backend.rig_math.rootmotion (hip-height scale, modes), then one floor offset so the
+rig's lowest foot point over the clip sits at z = 0.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from . import presets, armature as rig
+from ..core import quat, rootmotion, skeleton, solver
+
+SKELETON = skeleton.HUMANML3D
+JOINTS = SKELETON.joint_names
+ROOT_MODES = rootmotion.MODES
+_UP = np.array([0.0, 0.0, 1.0])
+_EPS = 1e-9
+# Twist bones beside a span: head within this share of the span's length from its
+# axis, direction within about 25 degrees of it.
+_SIDE_DISTANCE, _SIDE_COS = 0.15, 0.9
+# Children of the pelvis / chest whose directions span less than this (second
+# singular value) cannot define a frame: the rig's rest fronts use the convention.
+_DEGENERATE = 0.2
+
+
+@dataclass(frozen=True)
+class RigRest:
+    """An armature's rest data, bones ordered parents first, in armature space turned by the
+    object's world rotation (see read_rest)."""
+
+    name: str
+    bones: tuple[str, ...]
+    parents: np.ndarray      # (B,) parent index, -1 for roots
+    rest: np.ndarray         # (B, 3, 3) rest rotation (Bone.matrix_local)
+    heads: np.ndarray        # (B, 3)
+    tails: np.ndarray        # (B, 3)
+    connected: np.ndarray    # (B,) use_connect
+
+    def index(self, name: str) -> int:
+        return self.bones.index(name)
+
+
+@dataclass(frozen=True)
+class Share:
+    """A bone that turns with span bone A plus `fraction` of the span's twist about `axis`."""
+
+    bone: int
+    span: int          # index into Plan.data_bone
+    fraction: float
+    axis: np.ndarray   # (3,) unit rest direction of the span
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What retargeting onto one rig with one map needs, computed once."""
+
+    rig: RigRest
+    mapping: dict[str, str]
+    joint_bone: np.ndarray       # (22,) bone index per joint, -1 when unmapped
+    rest_joints: np.ndarray      # (22, 3) the rig's rest joints (synthesised where unmapped)
+    data_joint: np.ndarray       # (D,) joints whose bones are aimed
+    data_aim: np.ndarray         # (D,) the joint each aims at
+    data_bone: np.ndarray        # (D,) their bones
+    rest_frames: np.ndarray      # (D, 3, 3) rest frames B (columns aim x front, aim, front)
+    span_end: np.ndarray         # (D,) bone index of the aimed-at joint's bone with data, -1 if none
+    shares: tuple[Share, ...]
+    keyed: np.ndarray            # bones that get keys, parents first
+    pelvis: int
+    root_bone: int               # -1: none
+    hip_height: float
+    foot_points: tuple[tuple[int, bool], ...]  # (bone, use its tail)
+    rest_front_rule: str         # "solver" or "convention"
+
+    @property
+    def keyed_names(self) -> tuple[str, ...]:
+        return tuple(self.rig.bones[b] for b in self.keyed)
+
+    @cached_property
+    def slot(self) -> dict[int, int]:
+        """Bone index -> its position in `keyed` (the K axis of world rotations)."""
+        return {int(b): k for k, b in enumerate(self.keyed)}
+
+
+@dataclass(frozen=True)
+class Retargeted:
+    """Channels for the plan's keyed bones."""
+
+    bone_names: tuple[str, ...]
+    quaternions: np.ndarray            # (T, K, 4) w first, continuous in time
+    locations: dict[str, np.ndarray]   # bone -> (T, 3) location channel
+    world: np.ndarray                  # (T, K, 3, 3) world rotations from rest to pose
+    heads: np.ndarray                  # (T, 3) posed head of the pelvis bone
+    scale: float
+    floor: float                       # height added after scaling (rig units)
+
+
+# ---------------------------------------------------------------- reading the rig (bpy)
+
+def _object_rotation(armature) -> np.ndarray:
+    """The rotation part of the armature object's world matrix (its scale is left to the hip-height ratio)."""
+    u, _, vt = np.linalg.svd(np.array(armature.matrix_world, dtype=np.float64)[:3, :3])
+    if np.linalg.det(u @ vt) < 0:  # a mirrored object: keep a rotation
+        u[:, -1] *= -1.0
+    return u @ vt
+
+
+def read_rest(armature) -> RigRest:
+    """Rest matrices, heads, tails and parents of every bone, read in bulk.
+
+    Expressed in the armature's space turned by the object's world rotation, so that
+    +Z is up for rigs whose object is rotated (FBX imports: Y-up bones under a 90
+    degree object rotation). The local channels do not depend on that turn."""
+    bones = armature.data.bones
+    n = len(bones)
+    if n == 0:
+        raise ValueError(f"Armature {armature.name!r} has no bones: add a humanoid skeleton or pick another armature.")
+    names = [b.name for b in bones]
+    parent_names = [b.parent.name if b.parent is not None else None for b in bones]
+    mats = np.empty(n * 16, dtype=np.float32)
+    heads = np.empty(n * 3, dtype=np.float32)
+    tails = np.empty(n * 3, dtype=np.float32)
+    connected = np.empty(n, dtype=bool)
+    bones.foreach_get("matrix_local", mats)
+    bones.foreach_get("head_local", heads)
+    bones.foreach_get("tail_local", tails)
+    bones.foreach_get("use_connect", connected)
+    mats = np.swapaxes(mats.reshape(n, 4, 4), 1, 2)  # foreach_get gives column-major matrices
+    depth = {}
+    for i, name in enumerate(names):
+        d, p = 0, parent_names[i]
+        while p is not None:
+            d, p = d + 1, parent_names[names.index(p)]
+        depth[name] = d
+    order = sorted(range(n), key=lambda i: depth[names[i]])
+    ordered = tuple(names[i] for i in order)
+    position = {name: k for k, name in enumerate(ordered)}
+    parents = np.array([position[parent_names[i]] if parent_names[i] is not None else -1 for i in order])
+    turn = _object_rotation(armature)
+    return RigRest(armature.name, ordered, parents, turn @ mats[order, :3, :3].astype(np.float64),
+                   heads.reshape(n, 3)[order].astype(np.float64) @ turn.T,
+                   tails.reshape(n, 3)[order].astype(np.float64) @ turn.T, connected[order])
+
+
+@dataclass(frozen=True)
+class BoneMap:
+    """Which bone takes each joint: the preset used ("custom" for a hand-made map) and its root bone."""
+
+    preset: str
+    mapping: dict[str, str]
+    root_bone: str | None
+
+
+# Folders of user presets searched besides the bundled ones (ui.retarget.register sets the
+# user preset folder), so a preset saved in the panel is known to detection and by id.
+_preset_dirs: tuple[Path, ...] = ()
+
+
+def set_preset_dirs(folders: Iterable[str | os.PathLike]) -> None:
+    """Search these folders for user presets too (in this order, after the bundled ones)."""
+    global _preset_dirs
+    _preset_dirs = tuple(Path(f) for f in folders)
+
+
+def available_presets() -> presets.PresetSet:
+    """The bundled presets and those in the folders given to set_preset_dirs."""
+    return presets.load_presets(_preset_dirs)
+
+
+def bone_map(armature, preset: str | Mapping[str, str] | presets.Preset | None = "auto") -> BoneMap:
+    """The armature's joint -> bone map: detected ("auto" or None), from a preset (its id or a
+    Preset; user presets included), or given as {joint: bone}. ValueError saying what is
+    missing and how to fix it."""
+    names = [b.name for b in armature.data.bones]
+    if isinstance(preset, Mapping):
+        parents = {b.name: b.parent.name if b.parent else None for b in armature.data.bones}
+        mapping = {j: b for j, b in preset.items() if b}
+        if not mapping:
+            raise ValueError(f"Armature {armature.name!r} has no custom bone mapping: press Detect Mapping in the "
+                             "IRG Motion panel (Bone Mapping) and fix it by hand, or pick a rig preset.")
+        problems = presets.validate_mapping(mapping, names, parents)
+        if problems:
+            raise ValueError(f"Bone map for {armature.name!r} cannot be used: " + " ".join(problems)
+                             + " Fix it in the IRG Motion panel (Bone Mapping), or pick a rig preset.")
+        return BoneMap("custom", mapping, None)
+    known = available_presets()
+    if preset in (None, "auto"):
+        found = presets.detect_preset(names, known)
+    else:
+        if isinstance(preset, str):
+            if preset not in known:
+                raise ValueError(f"Unknown rig preset {preset!r}: use 'auto' or one of {', '.join(sorted(known))}.")
+            preset = known[preset]
+        found = presets.match_preset(preset, names)
+    if not found.ok:
+        raise ValueError(f"Armature {armature.name!r}: cannot retarget onto it. {found.report()}".replace("\n", " "))
+    return BoneMap(found.preset.id, dict(found.mapping), found.root_bone)
+
+
+# ---------------------------------------------------------------- small numpy helpers
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), _EPS)
+
+
+def _frame(aim: np.ndarray, front: np.ndarray) -> np.ndarray:
+    """Frames (..., 3, 3), columns (aim x front, aim, front), front made perpendicular to aim."""
+    y = _unit(aim)
+    z = _unit(front - np.sum(front * y, axis=-1, keepdims=True) * y)
+    return np.stack([np.cross(y, z), y, z], axis=-1)
+
+
+def _rotation(axis: np.ndarray, angle: np.ndarray) -> np.ndarray:
+    """Rotations (T, 3, 3) by angle (T,) about one unit axis (3,) (Rodrigues)."""
+    k = np.array([[0.0, -axis[2], axis[1]], [axis[2], 0.0, -axis[0]], [-axis[1], axis[0], 0.0]])
+    s, c = np.sin(angle)[:, None, None], np.cos(angle)[:, None, None]
+    return np.eye(3) + s * k + (1.0 - c) * (k @ k)
+
+
+def _yaw(angle: np.ndarray) -> np.ndarray:
+    return _rotation(_UP, angle)
+
+
+# ---------------------------------------------------------------- the plan
+
+def _chain_length(a: int, j: int) -> float:
+    """Source reference length from joint a down to its descendant j."""
+    total = 0.0
+    while j != a:
+        total += solver.HUMANML3D_BONE_LENGTHS[j]
+        j = SKELETON.parents[j]
+    return total
+
+
+def _main_chain(j: int) -> list[int]:
+    out, k = [], rig.main_child(j)
+    while k is not None:
+        out.append(k)
+        k = rig.main_child(k)
+    return out
+
+
+def _rest_joints(r: RigRest, joint_bone: np.ndarray) -> np.ndarray:
+    """The rig's rest joints (22, 3): bone heads; unmapped joints interpolated along their
+    chain between mapped ones, or (chain ends) at the parent bone's tail."""
+    pos = np.full((SKELETON.num_joints, 3), np.nan)
+    mapped = joint_bone >= 0
+    pos[mapped] = r.heads[joint_bone[mapped]]
+    for j in range(SKELETON.num_joints):  # parents first
+        if mapped[j]:
+            continue
+        a = SKELETON.parents[j]
+        while a >= 0 and not mapped[a]:
+            a = SKELETON.parents[a]
+        if a < 0:
+            raise ValueError(f"joint {JOINTS[j]} has no mapped joint above it: map the pelvis")
+        below = [k for k in [j, *_main_chain(j)] if mapped[k]]
+        if below:
+            d = below[0]
+            pos[j] = pos[a] + (pos[d] - pos[a]) * _chain_length(a, j) / _chain_length(a, d)
+            continue
+        p = SKELETON.parents[j]
+        if mapped[p] and rig.main_child(p) == j:
+            pos[j] = r.tails[joint_bone[p]]
+        else:  # continue the parent's direction, at the rig's scale
+            pp = SKELETON.parents[p]
+            ratio = np.linalg.norm(pos[p] - pos[pp]) / solver.HUMANML3D_BONE_LENGTHS[p]
+            pos[j] = pos[p] + _unit(pos[p] - pos[pp]) * solver.HUMANML3D_BONE_LENGTHS[j] * ratio
+    return pos
+
+
+def _degenerate(rest_joints: np.ndarray) -> bool:
+    """True when the pelvis's or chest's children do not span a plane (no frame from them)."""
+    for j in range(SKELETON.num_joints):
+        kids = SKELETON.children(j)
+        if len(kids) > 1:
+            dirs = rest_joints[kids] - rest_joints[j]
+            if np.any(np.linalg.norm(dirs, axis=-1) < _EPS):
+                return True
+            s = np.linalg.svd(_unit(dirs), compute_uv=False)
+            if s[1] < _DEGENERATE:
+                return True
+    return False
+
+
+def _convention_fronts(rest_joints: np.ndarray, aims: np.ndarray, joints: np.ndarray) -> np.ndarray:
+    """Fronts by the solver's rest convention: the rig's forward (from its hip line), up for feet."""
+    across = rest_joints[SKELETON.index("left_hip")] - rest_joints[SKELETON.index("right_hip")]
+    forward = _unit(np.cross(across, _UP))
+    feet = set(solver.front_up_joints(SKELETON))
+    out = []
+    for j, aim in zip(joints, _unit(aims)):
+        ref, other = (_UP, forward) if j in feet else (forward, _UP)
+        out.append(ref if abs(ref @ aim) < 0.95 else other)
+    return np.array(out)
+
+
+def _is_below(r: RigRest, bone: int, ancestor: int) -> bool:
+    p = int(r.parents[bone])
+    while p >= 0 and p != ancestor:
+        p = int(r.parents[p])
+    return p == ancestor
+
+
+def _span_bones(r: RigRest, a: int, c: int) -> list[int] | None:
+    """Bones strictly between bone a and its descendant c (None when c is not below a)."""
+    path, b = [], r.parents[c]
+    while b >= 0 and b != a:
+        path.append(b)
+        b = r.parents[b]
+    return path[::-1] if b == a else None
+
+
+def _shares(r: RigRest, mapped: set[int], data_bone: np.ndarray, span_end: np.ndarray,
+            has_mapped_below: np.ndarray) -> list[Share]:
+    shares = []
+    for d, (a, c) in enumerate(zip(data_bone, span_end)):
+        if c < 0:
+            continue
+        between = _span_bones(r, a, c)
+        if between is None or any(b in mapped for b in between):
+            continue
+        span = r.heads[c] - r.heads[a]
+        length = np.linalg.norm(span)
+        axis = span / length
+        owners = {a, *between}
+        side = [b for b in range(len(r.bones))
+                if r.parents[b] in owners and b not in owners and b not in mapped and not has_mapped_below[b]]
+        for b in between + side:
+            rel = r.heads[b] - r.heads[a]
+            along = float(rel @ axis)
+            if b in side:
+                off_axis = np.linalg.norm(rel - along * axis)
+                if off_axis > _SIDE_DISTANCE * length or abs(_unit(r.tails[b] - r.heads[b]) @ axis) < _SIDE_COS:
+                    continue
+            shares.append(Share(b, d, float(np.clip(along / length, 0.0, 1.0)), axis))
+    return shares
+
+
+REQUIRED = ("pelvis", "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle",
+            "left_shoulder", "right_shoulder", "left_elbow", "right_elbow")
+
+
+def _joint_bones(r: RigRest, mapping: Mapping[str, str]) -> np.ndarray:
+    """(22,) bone index per joint (-1: unmapped); ValueError for a map that cannot work."""
+    unknown = sorted(set(mapping) - set(JOINTS))
+    if unknown:
+        raise ValueError(f"unknown joints {unknown} in the bone map; joints are {', '.join(JOINTS)}")
+    missing = [b for b in mapping.values() if b not in r.bones]
+    if missing:
+        raise ValueError(f"Armature {r.name!r} has no bones named {', '.join(map(repr, missing))}: fix the bone map.")
+    needed = [n for n in REQUIRED if n not in mapping]
+    if needed:
+        raise ValueError(f"Armature {r.name!r}: no bone for {', '.join(needed)}: map them (pick a preset or map "
+                         "the joints by hand).")
+    joint_bone = np.array([r.index(mapping[n]) if n in mapping else -1 for n in JOINTS])
+    pelvis = int(joint_bone[0])
+    outside = [n for n, b in mapping.items() if b != mapping["pelvis"] and not _is_below(r, r.index(b), pelvis)]
+    if outside:
+        raise ValueError(f"Armature {r.name!r}: the bones of {', '.join(outside)} are not below the hips bone "
+                         f"{mapping['pelvis']!r}: parent the legs, spine and arms under the hips, or fix the bone map.")
+    return joint_bone
+
+
+def _aims(joint_bone: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Joints whose bones are aimed, and the joint each aims at: the first mapped one down its
+    main chain, else its main child."""
+    data_joint, data_aim = [], []
+    for j in range(SKELETON.num_joints):
+        chain = _main_chain(j)
+        if joint_bone[j] >= 0 and chain:
+            data_joint.append(j)
+            data_aim.append(next((c for c in chain if joint_bone[c] >= 0), chain[0]))
+    return np.array(data_joint), np.array(data_aim)
+
+
+def _check_rest_aims(r: RigRest, mapping: Mapping[str, str], joint_bone: np.ndarray, rest_joints: np.ndarray,
+                     data_joint: np.ndarray, data_aim: np.ndarray) -> np.ndarray:
+    """The rest aims (D, 3); ValueError for one of no length."""
+    aims = rest_joints[data_aim] - rest_joints[data_joint]
+    size = float(np.ptp(rest_joints, axis=0).max())
+    short = np.linalg.norm(aims, axis=-1) < 1e-4 * size  # Blender keeps "zero" bones a few micrometres long
+    if short.any():
+        j, k = JOINTS[data_joint[short][0]], JOINTS[data_aim[short][0]]
+        if joint_bone[JOINTS.index(k)] >= 0:
+            what = f"the heads of bones {mapping[j]!r} ({j}) and {mapping[k]!r} ({k}) coincide"
+        else:
+            what = f"bone {mapping[j]!r} ({j}) has zero length and no mapped child to aim at"
+        raise ValueError(f"Armature {r.name!r} has a zero-length bone in its rest pose: {what}. Give it a length in "
+                         "Edit Mode, or fix the bone map.")
+    return aims
+
+
+def _ancestors_of_mapped(r: RigRest, mapped: set[int]) -> np.ndarray:
+    """(B,) True for bones with a mapped bone below them."""
+    out = np.zeros(len(r.bones), dtype=bool)
+    for b in mapped:
+        p = r.parents[b]
+        while p >= 0 and not out[p]:
+            out[p] = True
+            p = r.parents[p]
+    return out
+
+
+def _root_bone(r: RigRest, name: str | None, hips: str, mapped: set[int], above: np.ndarray) -> int:
+    if name is None:
+        return -1
+    if name not in r.bones:
+        raise ValueError(f"Armature {r.name!r} has no root bone {name!r}.")
+    root = r.index(name)
+    if not above[root] or root in mapped:
+        raise ValueError(f"Root bone {name!r} is not above the hips bone {hips!r}: pick the bone the whole "
+                         "skeleton hangs from.")
+    return root
+
+
+def _foot_points(r: RigRest, joint_bone: np.ndarray, pelvis: int) -> tuple[tuple[int, bool], ...]:
+    """(bone, use its tail) of the ankle and toe heads (the ankle's tail without toes); ValueError
+    unless the hips stand above them."""
+    points = []
+    for ankle, toe in (("left_ankle", "left_foot"), ("right_ankle", "right_foot")):
+        ankle_bone, toe_bone = (int(joint_bone[SKELETON.index(n)]) for n in (ankle, toe))
+        points += [(ankle_bone, False), (toe_bone, False) if toe_bone >= 0 else (ankle_bone, True)]
+    if r.heads[pelvis][2] <= min((r.tails if tail else r.heads)[b][2] for b, tail in points):
+        raise ValueError(f"Armature {r.name!r}: the hips bone is not above the feet in the rest pose; retargeting "
+                         "needs a standing rig (Z up in the world).")
+    return tuple(points)
+
+
+def make_plan(r: RigRest, mapping: Mapping[str, str], root_bone: str | None = None) -> Plan:
+    """Everything per rig: rest joints and frames, spans, keyed bones, hip height.
+
+    mapping: {HumanML3D joint name: bone name} (each joint's bone has its head at
+    the joint); root_bone: an unmapped bone above the pelvis bone that carries the
+    ground motion in the "root_bone" mode. Raises ValueError naming the problem."""
+    joint_bone = _joint_bones(r, mapping)
+    rest_joints = _rest_joints(r, joint_bone)
+    data_joint, data_aim = _aims(joint_bone)
+    aims = _check_rest_aims(r, mapping, joint_bone, rest_joints, data_joint, data_aim)
+    degenerate = _degenerate(rest_joints)
+    fronts = (_convention_fronts(rest_joints, aims, data_joint) if degenerate
+              else solve_fronts(rest_joints[None])[0][0, data_joint])
+    data_bone = joint_bone[data_joint]
+    has_data = set(data_joint.tolist())
+    span_end = np.array([joint_bone[k] if joint_bone[k] >= 0 and k in has_data else -1 for k in data_aim])
+
+    mapped = set(joint_bone[joint_bone >= 0].tolist())
+    above = _ancestors_of_mapped(r, mapped)
+    pelvis = int(joint_bone[0])
+    root = _root_bone(r, root_bone, mapping["pelvis"], mapped, above)
+    for b, what in ((pelvis, "hips"), (root, "root")):
+        if b >= 0 and r.connected[b]:
+            raise ValueError(f"The {what} bone {r.bones[b]!r} is connected to its parent, so it cannot move: "
+                             "disconnect it in Edit Mode (Bone properties > Relations).")
+    shares = _shares(r, mapped, data_bone, span_end, above)
+    keyed = sorted(mapped | set(np.nonzero(above)[0].tolist()) | {s.bone for s in shares})  # parents first
+    foot_points = _foot_points(r, joint_bone, pelvis)
+    # Measured like the source's: on the T-pose with the rig's own bone lengths (pose independent).
+    hip_height = rootmotion.rest_hip_height(solver.rest_offsets_for(skeleton.from_blender(rest_joints)[None]))
+    return Plan(r, dict(mapping), joint_bone, rest_joints, data_joint, data_aim, data_bone, _frame(aims, fronts),
+                span_end, tuple(shares), np.array(keyed), pelvis, root, hip_height, foot_points,
+                "convention" if degenerate else "solver")
+
+
+# ---------------------------------------------------------------- per clip
+
+def check_bone_lengths(joints: np.ndarray, plan: Plan) -> None:
+    """ValueError when two joints a mapped bone aims between coincide in some frame."""
+    lengths = np.linalg.norm(joints[:, plan.data_aim] - joints[:, plan.data_joint], axis=-1)
+    bad = lengths < 1e-6
+    if bad.any():
+        frames, cols = np.nonzero(bad)
+        j, k = JOINTS[plan.data_joint[cols[0]]], JOINTS[plan.data_aim[cols[0]]]
+        raise ValueError(f"joints {j} and {k} coincide (a zero-length bone) in frames "
+                         f"{sorted(set(frames.tolist()))[:5]}: the motion is broken; regenerate it.")
+
+
+def _twist(rel: np.ndarray, axis: np.ndarray) -> np.ndarray:
+    """Signed angle (T,) of the twist part of rotations rel (T, 3, 3) about a unit axis."""
+    q = quat.quat_from_matrix(rel)
+    return 2.0 * np.arctan2(q[:, 1:] @ axis, q[:, 0])
+
+
+def world_rotations(plan: Plan, joints: np.ndarray, fronts: np.ndarray,
+                    root_yaw: np.ndarray | None = None) -> np.ndarray:
+    """World rotations from rest to pose (T, K, 3, 3) of the keyed bones.
+
+    joints, fronts: (T, 22, 3) source joints and the solver's fronts, Blender axes.
+    root_yaw: (T,) the root bone's turn about +Z (the "root_bone" mode)."""
+    r = plan.rig
+    count = len(joints)
+    frames = _frame(joints[:, plan.data_aim] - joints[:, plan.data_joint], fronts[:, plan.data_joint])
+    data_world = frames @ np.swapaxes(plan.rest_frames, -1, -2)  # S B^T
+    world: dict[int, np.ndarray] = {int(b): data_world[:, d] for d, b in enumerate(plan.data_bone)}
+    share = {s.bone: s for s in plan.shares}
+    twist = {}
+    for s in plan.shares:
+        if s.span not in twist:
+            a, c = plan.data_bone[s.span], plan.span_end[s.span]
+            twist[s.span] = _twist(np.swapaxes(world[a], -1, -2) @ world[c], s.axis)
+    eye = np.broadcast_to(np.eye(3), (count, 3, 3))
+    for b in plan.keyed:
+        b = int(b)
+        if b in world:
+            continue
+        if b in share:
+            s = share[b]
+            world[b] = world[int(plan.data_bone[s.span])] @ _rotation(s.axis, s.fraction * twist[s.span])
+        elif b == plan.root_bone and root_yaw is not None:
+            world[b] = _yaw(root_yaw)
+        else:
+            p = int(r.parents[b])
+            world[b] = world[p] if p >= 0 else eye
+    return np.stack([world[int(b)] for b in plan.keyed], axis=1)
+
+
+def local_rotations(plan: Plan, world: np.ndarray) -> np.ndarray:
+    """Local channels (T, K, 4): L_b = R_b^-1 W_p^-1 W_b R_b, continuous in time."""
+    r = plan.rig
+    parent_world = np.empty_like(world)
+    for k, b in enumerate(plan.keyed):
+        p = int(r.parents[b])
+        parent_world[:, k] = world[:, plan.slot[p]] if p >= 0 else np.eye(3)
+    rest = r.rest[plan.keyed]
+    local = np.swapaxes(rest, -1, -2) @ np.swapaxes(parent_world, -1, -2) @ world @ rest
+    return quat.quat_continuity(quat.quat_from_matrix(local), axis=0)
+
+
+def _offsets_from(plan: Plan, world: np.ndarray, top: int, bone: int) -> np.ndarray:
+    """(T, 3) posed position of bone's head relative to bone top's head (bone below top)."""
+    r = plan.rig
+    total = np.zeros((len(world), 3))
+    b = bone
+    while b != top:
+        p = int(r.parents[b])
+        total += world[:, plan.slot[p]] @ (r.heads[b] - r.heads[p])
+        b = p
+    return total
+
+
+def foot_heights(plan: Plan, world: np.ndarray, pelvis: np.ndarray) -> np.ndarray:
+    """(T, P) heights of the rig's foot points for the given pelvis head positions (T, 3)."""
+    out = []
+    for bone, tail in plan.foot_points:
+        pos = pelvis + _offsets_from(plan, world, plan.pelvis, bone)
+        if tail:
+            pos = pos + world[:, plan.slot[bone]] @ (plan.rig.tails[bone] - plan.rig.heads[bone])
+        out.append(pos[:, 2])
+    return np.stack(out, axis=1)
+
+
+def _location(plan: Plan, world: np.ndarray, bone: int, head: np.ndarray, parent_head: np.ndarray | None
+              ) -> np.ndarray:
+    """The location channel (T, 3) putting bone's head at `head` under its posed parent."""
+    r = plan.rig
+    p = int(r.parents[bone])
+    rest = r.rest[bone]
+    if p < 0:
+        return (head - r.heads[bone]) @ rest
+    wp = world[:, plan.slot[p]]
+    local = np.einsum("tji,tj->ti", wp, head - parent_head) - (r.heads[bone] - r.heads[p])
+    return local @ rest
+
+
+def _posed_head(plan: Plan, world: np.ndarray, bone: int, root_head: np.ndarray | None) -> np.ndarray:
+    """(T, 3) posed head of an ancestor of the pelvis (their only motion: the root bone's)."""
+    r = plan.rig
+    if plan.root_bone < 0 or root_head is None:
+        return np.broadcast_to(r.heads[bone], (len(world), 3))
+    b = bone
+    while b >= 0 and b != plan.root_bone:
+        b = int(r.parents[b])
+    if b != plan.root_bone:  # above the root bone: never moves
+        return np.broadcast_to(r.heads[bone], (len(world), 3))
+    return root_head + _offsets_from(plan, world, plan.root_bone, bone)
+
+
+def solve_fronts(joints: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The solver's fronts (T, 22, 3) for Blender-axis joints, and its rest offsets (dataset axes)."""
+    hml = skeleton.from_blender(joints)
+    rest = solver.rest_offsets_for(hml, SKELETON)
+    frames = solver.solve(hml, SKELETON, rest=rest).world_frames
+    return skeleton.to_blender(frames[..., :, 2]), rest
+
+
+def retarget(plan: Plan, joints: np.ndarray, *, fps: float, root_mode: str = "root_motion",
+             scale: float | None = None) -> Retargeted:
+    """Channels of the keyed bones for source joints (T, 22, 3; Blender axes, metres, at `fps`).
+
+    root_mode: "root_motion" (the hips travel), "in_place" (the ground trajectory is
+    removed) or "root_bone" (a separate root bone carries it and the facing). scale:
+    root translation scale; None: rig hip height / source hip height."""
+    if root_mode not in ROOT_MODES:
+        raise ValueError(f"unknown root mode {root_mode!r}: use one of {', '.join(ROOT_MODES)}")
+    if root_mode == "root_bone" and plan.root_bone < 0:
+        raise ValueError(f"Armature {plan.rig.name!r} has no root bone above its hips bone: use the root "
+                         "motion or in place mode, or add a root bone (parent of the hips) and pick a preset "
+                         "that names it.")
+    check_bone_lengths(joints, plan)
+    fronts, rest_offsets = solve_fronts(joints)
+    source_height = rootmotion.rest_hip_height(rest_offsets, SKELETON)
+    target_height = plan.hip_height if scale is None else float(scale) * source_height
+    motion = rootmotion.root_motion(skeleton.from_blender(joints), SKELETON, mode=root_mode,
+                                    target_hip_height=target_height, source_hip_height=source_height, fps=fps)
+    yaw = motion.root_yaw if root_mode == "root_bone" else None
+    world = world_rotations(plan, joints, fronts, yaw)
+    pelvis = skeleton.to_blender(motion.world_hips())
+    drop = -float(foot_heights(plan, world, pelvis).min())  # the rig's own lowest foot point onto z = 0
+    pelvis[:, 2] += drop
+    r = plan.rig
+    root_head = None
+    locations = {}
+    if plan.root_bone >= 0:
+        root_head = np.broadcast_to(r.heads[plan.root_bone], pelvis.shape).copy()
+        if root_mode == "root_bone":
+            root_head[:, :2] = skeleton.to_blender(motion.root)[:, :2]
+        parent = int(r.parents[plan.root_bone])
+        parent_head = _posed_head(plan, world, parent, None) if parent >= 0 else None
+        locations[r.bones[plan.root_bone]] = _location(plan, world, plan.root_bone, root_head, parent_head)
+    parent = int(r.parents[plan.pelvis])
+    parent_head = _posed_head(plan, world, parent, root_head) if parent >= 0 else None
+    locations[r.bones[plan.pelvis]] = _location(plan, world, plan.pelvis, pelvis, parent_head)
+    return Retargeted(plan.keyed_names, local_rotations(plan, world), locations, world, pelvis,
+                      float(motion.scale), float(motion.floor + drop))

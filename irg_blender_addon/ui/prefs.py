@@ -1,0 +1,131 @@
+"""Preferences > Add-ons > IRG Motion: the backend, the model, the generation defaults.
+
+The settings they feed are merged by settings.get_settings; the backend's state and the
+running setup/convert task are drawn with ui.backend's helpers.
+"""
+from __future__ import annotations
+
+import bpy
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
+
+from ..registration import register_classes, unregister_classes
+from ..settings import ADDON_ID, DEVICES, MODES, PRECISIONS, env_dir_text
+from .backend import draw_backend_status, draw_task
+
+TORCH_BUILDS = (("auto", "Auto", "The CUDA build when an NVIDIA GPU is found, else the CPU build"),
+                ("cpu", "CPU", "The CPU build of torch"),
+                ("cuda", "CUDA", "The CUDA build of torch (an NVIDIA GPU and driver)"),
+                ("skip", "Keep", "Install no torch explicitly: keep the one present, or the one the "
+                                 "backend's dependencies bring"))
+
+
+
+class IRG_AddonPreferences(bpy.types.AddonPreferences):
+    """Preferences > Add-ons > IRG Motion."""
+
+    bl_idname = ADDON_ID
+
+    backend_python: StringProperty(
+        name="Backend Python", subtype="FILE_PATH",
+        description="The python executable of the backend environment (with torch), "
+                    "e.g. .venv-backend/bin/python, or the one Set Up Backend made. Empty: $IRG_BACKEND_PYTHON")
+    model_dir: StringProperty(
+        name="Model Folder", subtype="DIR_PATH",
+        description="A folder made by `irg-motion convert` or Convert Model (holds manifest.json). "
+                    "Empty: $IRG_MODEL_DIR")
+    device: EnumProperty(name="Device", items=DEVICES, default="auto")
+    precision: EnumProperty(name="Precision", items=PRECISIONS, default="auto")
+    server_url: StringProperty(
+        name="Server URL",
+        description="tcp://HOST:PORT of an `irg-motion serve --listen` server (e.g. a GPU machine): generation "
+                    "runs there instead of in a local process. Empty: the local backend. Env: $IRG_SERVER_URL")
+    server_token: StringProperty(
+        name="Server Token", subtype="PASSWORD",
+        description="The server's token (the content of its --token-file); stored in the user preferences, "
+                    "never shown or logged. Env: $IRG_SERVER_TOKEN")
+    backend_source: StringProperty(
+        name="Backend Source",
+        description="What Set Up Backend installs: the IRG Motion source folder (with pyproject.toml), a wheel "
+                    "(.whl) or a pip requirement such as irg-motion==0.1.0. Empty: this add-on's own source "
+                    "folder when it has one, else the matching release")
+    torch_build: EnumProperty(name="Torch Build", items=TORCH_BUILDS, default="auto")
+    torch_index_url: StringProperty(
+        name="Torch Index URL",
+        description="Optional package index for the torch step only (e.g. the PyTorch CUDA index on Windows, "
+                    "or its CPU index for a smaller download)")
+    backend_env_dir: StringProperty(
+        name="Environment Folder", subtype="DIR_PATH",
+        description="Where Set Up Backend builds the environment. Empty: the add-on's folder in your "
+                    "Blender user files")
+    show_setup_options: BoolProperty(name="Setup Options", default=False)
+    mode: EnumProperty(name="Mode", items=MODES, default="interleaved")
+    max_rounds: IntProperty(name="Max Rounds", default=5, min=1, max=5,
+                            description="Most generate/assess/refine rounds in one trace")
+    max_motion_tokens: IntProperty(name="Max Motion Tokens", default=49, min=2, max=50,
+                                   description="Longest motion: one token is 4 frames (0.2 s)")
+    max_trace_tokens: IntProperty(name="Max Trace Tokens", default=1300, min=64, max=8192,
+                                  description="Token budget of a reasoning trace, prompt included "
+                                              "(the authors use 1300)")
+    temperature: FloatProperty(name="Temperature", default=0.0, min=0.0, max=2.0,
+                               description="0 is greedy decoding (as the model was evaluated)")
+    top_p: FloatProperty(name="Top P", default=1.0, min=0.01, max=1.0)
+    seed: IntProperty(name="Seed", default=-1, min=-1, description="-1: a new random seed each time")
+
+    def draw(self, context):
+        draw_preferences(self.layout, self)
+
+
+def draw_preferences(layout, p) -> None:
+    """The preferences (p: the add-on's preferences) with the running task and the backend's state."""
+    box = layout.box()
+    box.label(text="Backend", icon="PREFERENCES")
+    box.prop(p, "server_url")
+    if p.server_url.strip():
+        box.prop(p, "server_token")
+        box.label(text="Generation runs on the server; the local backend settings are not used.", icon="URL")
+    else:
+        _draw_local(box, p)
+    draw_task(box)
+    draw_backend_status(box)
+    col = layout.box().column()
+    col.label(text="Generation defaults")
+    col.prop(p, "mode")
+    row = col.row()
+    row.prop(p, "max_rounds")
+    row.prop(p, "max_motion_tokens")
+    col.prop(p, "max_trace_tokens")
+    row = col.row()
+    row.prop(p, "temperature")
+    row.prop(p, "top_p")
+    row.prop(p, "seed")
+
+
+def _draw_local(layout, p) -> None:
+    row = layout.row(align=True)
+    row.prop(p, "backend_python")
+    row.operator("irg.setup_backend", text="Set Up Backend", icon="SCRIPT")
+    layout.prop(p, "show_setup_options", icon="TRIA_DOWN" if p.show_setup_options else "TRIA_RIGHT", emboss=False)
+    if p.show_setup_options:
+        col = layout.box().column()
+        col.prop(p, "backend_source")
+        col.prop(p, "torch_build")
+        col.prop(p, "torch_index_url")
+        col.prop(p, "backend_env_dir")
+        col.label(text=f"Default folder: {env_dir_text()}", icon="FILEBROWSER")
+    row = layout.row(align=True)
+    row.prop(p, "model_dir")
+    row.operator("irg.convert_model", text="Convert Model...", icon="IMPORT")
+    row = layout.row()
+    row.prop(p, "device")
+    row.prop(p, "precision")
+
+
+CLASSES = (IRG_AddonPreferences,)
+
+
+def register() -> None:
+    register_classes(CLASSES)
+
+
+def unregister() -> None:
+    unregister_classes(CLASSES)

@@ -1,0 +1,608 @@
+"""The backend process: one loaded Engine serving the protocol of docs/protocol.md.
+
+Two layers, so another transport (a loopback socket, say) can reuse the first:
+
+- `Dispatcher` takes request dicts and an `emit(event)` function. Control requests
+  (`cancel`, `ping`, `info`, `shutdown`) are answered at once by the caller's thread;
+  work requests are validated, acknowledged, queued and run one at a time by a worker
+  thread, which adds the request id to every event the engine emits. Every accepted
+  request ends with exactly one `done` or `error` event.
+- `serve_stdio` wires stdin/stdout to a Dispatcher: it keeps the real stdout for
+  protocol lines only (everything else, including C libraries writing to fd 1, goes
+  to stderr), loads the model once, sends the `ready` handshake and reads lines
+  until `shutdown` or end of input.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import importlib.metadata
+import logging
+import math
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, TextIO
+
+import numpy as np
+
+from ..wire import protocol
+from ..llm.constraints import MAX_MOTION_TOKENS
+from ..llm.engine import GENERATE_MODES, MAX_NEW_TOKENS, MAX_ROUNDS, MIN_MOTION_TOKENS, REFINE_FORMS, Engine, EngineError
+from ..llm.loader import LoaderError
+from ..wire.manifest import ModelFolderError
+from ..wire.protocol import CONTROL_TYPES, PROTOCOL_VERSION, WORK_TYPES, ProtocolError, error_event
+from ..llm.vocab import NUM_MOTION_CODES
+
+__all__ = ["Dispatcher", "LineWriter", "StartupError", "backend_version", "reserved_stdout", "load_engine",
+           "ready_event", "serve_stdio", "to_wire", "validate_request", "WORK_TYPES"]
+
+log = logging.getLogger("irg_motion.server")
+
+Emit = Callable[[dict[str, Any]], None]
+
+MAX_QUEUED = 16          # more waiting work than this is a client bug: answer `busy`
+CLOSE_TIMEOUT_S = 30.0   # how long shutdown waits for a cancelled job to stop
+
+
+def backend_version() -> str:
+    """The installed irg-motion version ('dev' when running from a bare source tree)."""
+    try:
+        return importlib.metadata.version("irg-motion")
+    except importlib.metadata.PackageNotFoundError:
+        return "dev"
+
+
+# ---------------------------------------------------------------- request validation
+
+def _bad(request_type: str, message: str) -> ProtocolError:
+    return ProtocolError("bad_request", f"{request_type}: {message} (see docs/protocol.md)")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    """A finite int or float (JSON may hold integers too big for a float: they are finite)."""
+    if _is_int(value):
+        return True
+    return isinstance(value, (float, np.floating)) and math.isfinite(value)
+
+
+class _Fields:
+    """Typed access to one request's fields; every problem is a `bad_request` naming the field.
+
+    A field that is absent or null is left out of the engine's arguments, so the
+    engine's defaults (listed in docs/protocol.md) apply.
+    """
+
+    def __init__(self, request: dict[str, Any]):
+        self.request = request
+        self.type = request["type"]
+        self.used = {"type", "id"}
+        self.args: dict[str, Any] = {}
+
+    def _get(self, name: str) -> Any:
+        self.used.add(name)
+        return self.request.get(name)
+
+    def _check(self, name: str, ok: bool, what: str) -> None:
+        if not ok:
+            raise _bad(self.type, f'"{name}" must be {what}, got {self.request[name]!r:.60}')
+
+    def text(self, name: str, *, required: bool = False) -> None:
+        value = self._get(name)
+        if value is None:
+            if required:
+                raise _bad(self.type, f'"{name}" is required (a non-empty string)')
+            return
+        self._check(name, isinstance(value, str) and bool(value.strip()), "a non-empty string")
+        self.args[name] = value
+
+    def choice(self, name: str, options: tuple[str, ...]) -> None:
+        value = self._get(name)
+        if value is not None:
+            self._check(name, value in options, f"one of {', '.join(options)}")
+            self.args[name] = value
+
+    def integer(self, name: str, lo: int, hi: int) -> None:
+        value = self._get(name)
+        if value is not None:
+            self._check(name, _is_int(value) and lo <= value <= hi, f"an integer in {lo}..{hi}")
+            self.args[name] = int(value)
+
+    def number(self, name: str, lo: float, hi: float, *, lo_open: bool = False) -> None:
+        value = self._get(name)
+        if value is not None:
+            inside = _is_number(value) and (value > lo if lo_open else value >= lo) and value <= hi
+            self._check(name, inside, f"a number in {'(' if lo_open else '['}{lo}, {hi}]")
+            self.args[name] = float(value)
+
+    def flag(self, name: str) -> None:
+        value = self._get(name)
+        if value is not None:
+            self._check(name, isinstance(value, bool), "true or false")
+            self.args[name] = value
+
+    def sampling(self) -> None:
+        """temperature, top_p, seed and max_new_tokens: shared by every task the model writes."""
+        self.number("temperature", 0.0, 10.0)
+        self.number("top_p", 0.0, 1.0, lo_open=True)
+        self.integer("seed", 0, 2**63 - 1)
+        self.integer("max_new_tokens", 1, MAX_NEW_TOKENS)
+
+    def tokens(self) -> None:
+        """`tokens`: codebook indices as a JSON list of integers or an int32 array object."""
+        value = self._get("tokens")
+        if isinstance(value, dict):
+            array = protocol.decode_array(value)
+            self._check("tokens", array.dtype.kind in "iu", "an int32 array")
+            value = array.ravel().tolist()
+        if not isinstance(value, list) or not value or not all(_is_int(t) for t in value):
+            raise _bad(self.type, '"tokens" must be a non-empty list of codebook indices (integers)')
+        bad = [t for t in value if not 0 <= t < NUM_MOTION_CODES]
+        if bad:
+            raise _bad(self.type, f'"tokens" must be codebook indices 0..{NUM_MOTION_CODES - 1}, got {bad[0]}')
+        self.args["tokens"] = [int(t) for t in value]
+
+    def joints(self, num_joints: int, fps: float) -> None:
+        """`joints`: a float32 array object (T, num_joints, 3) in Blender axes, and its `fps`."""
+        value = self._get("joints")
+        if not isinstance(value, dict):
+            raise _bad(self.type, f'"joints" must be an array object {{"dtype", "shape", "b64"}} of shape '
+                                  f"(frames, {num_joints}, 3)")
+        array = protocol.decode_array(value)
+        if array.ndim != 3 or array.shape[1:] != (num_joints, 3) or array.shape[0] < 1:
+            raise _bad(self.type, f'"joints" must have shape (frames, {num_joints}, 3) for this model, '
+                                  f"got {tuple(array.shape)}")
+        if not np.isfinite(array).all():
+            raise _bad(self.type, '"joints" holds NaN or infinite values')
+        self.args["joints"] = array.astype(np.float32)
+        self.args["fps"] = fps
+        self.number("fps", 0.0, 1000.0, lo_open=True)
+
+    def motion(self, num_joints: int, fps: float, allowed: tuple[str, ...] = ("tokens", "joints")) -> None:
+        """Exactly one of the `allowed` motion forms: `tokens`, or `joints` with `fps`."""
+        given = [name for name in ("tokens", "joints") if self.request.get(name) is not None]
+        if len(given) != 1 or given[0] not in allowed:
+            forms = {"tokens": '"tokens" (codebook indices)',
+                     "joints": '"joints" (frames, joints, 3; Blender axes) with "fps"'}
+            need = " or ".join(forms[a] for a in allowed)
+            raise _bad(self.type, f"give the motion as {'exactly one of ' if len(allowed) > 1 else ''}{need}")
+        if given[0] == "tokens":
+            self.tokens()
+        else:
+            self.joints(num_joints, fps)
+
+    def reject_unknown(self) -> None:
+        extra = sorted(set(self.request) - self.used)
+        if extra:
+            known = ", ".join(sorted(self.used - {"type", "id"})) or "no fields"
+            raise _bad(self.type, f"unknown field(s) {', '.join(extra)}; this request takes: {known}")
+
+
+def validate_request(request: dict[str, Any], num_joints: int = 22, fps: float = 20.0) -> dict[str, Any]:
+    """Check one work request (type, fields, types, ranges) and return the engine's keyword arguments.
+
+    `num_joints` and `fps` are the loaded model's. Absent or null optional fields are
+    left out (the engine's defaults apply). Raises ProtocolError (`bad_request`,
+    `bad_array`, `unknown_type`) with a message naming the field and what it must be.
+    """
+    f = _Fields(request)
+    kind = f.type
+    if kind not in WORK_TYPES:
+        raise ProtocolError("unknown_type", f"unknown request type {kind!r}")
+    if kind in ("generate", "critique", "refine"):
+        f.text("prompt", required=True)
+    if kind in ("critique", "refine", "caption"):
+        f.motion(num_joints, fps)
+        f.sampling()
+    if kind in ("generate", "refine"):
+        f.integer("max_motion_tokens", MIN_MOTION_TOKENS, MAX_MOTION_TOKENS)
+        f.flag("preview")
+    if kind == "generate":
+        f.choice("mode", GENERATE_MODES)
+        f.integer("max_rounds", 1, MAX_ROUNDS)
+        f.sampling()
+    elif kind in ("critique", "refine"):
+        f.choice("form", REFINE_FORMS)
+        if kind == "refine":
+            f.text("instruction")
+    elif kind == "encode":
+        f.motion(num_joints, fps, allowed=("joints",))
+    elif kind == "decode":
+        f.motion(num_joints, fps, allowed=("tokens",))
+    f.reject_unknown()
+    return f.args
+
+
+# ---------------------------------------------------------------- engine calls
+
+def _motion_tokens(engine: Engine, args: dict[str, Any]) -> dict[str, Any]:
+    """The arguments with a `joints` motion replaced by its codebook indices (the tasks take tokens)."""
+    if "joints" in args:
+        args["tokens"] = engine.encode_tokens(args.pop("joints"), args.pop("fps"))
+    return args
+
+
+def _run_engine(engine: Engine, kind: str, args: dict[str, Any], emit: Emit, cancel: threading.Event) -> None:
+    """Call the engine method for one validated work request."""
+    if kind == "generate":
+        engine.generate(args.pop("prompt"), **args, emit=emit, cancel=cancel)
+    elif kind == "encode":
+        engine.encode(args["joints"], args["fps"], emit=emit, cancel=cancel)
+    elif kind == "decode":
+        engine.decode(args["tokens"], emit=emit, cancel=cancel)
+    elif kind == "critique":
+        args = _motion_tokens(engine, args)
+        engine.critique(args.pop("prompt"), args.pop("tokens"), **args, emit=emit, cancel=cancel)
+    elif kind == "refine":
+        args = _motion_tokens(engine, args)
+        engine.refine(args.pop("prompt"), args.pop("tokens"), **args, emit=emit, cancel=cancel)
+    elif kind == "caption":
+        args = _motion_tokens(engine, args)
+        engine.caption(args.pop("tokens"), **args, emit=emit, cancel=cancel)
+    else:  # validate_request only lets WORK_TYPES through
+        raise AssertionError(kind)
+
+
+def to_wire(value: Any) -> Any:
+    """An event value made JSON-safe: numpy arrays as array objects, numpy scalars as Python numbers."""
+    if isinstance(value, np.ndarray):
+        return protocol.encode_array(value)
+    if isinstance(value, dict):
+        return {k: to_wire(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_wire(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+# ---------------------------------------------------------------- the dispatcher
+
+@dataclass
+class Job:
+    """One accepted work request."""
+
+    id: Any
+    type: str
+    args: dict[str, Any]
+    cancel: threading.Event = field(default_factory=threading.Event)
+    accepted: float = field(default_factory=time.monotonic)
+    ended: bool = False  # its done/error went out: the id is free again
+
+
+def _cancelled_done(job: Job) -> dict[str, Any]:
+    return {"event": "done", "id": job.id, "motions": 0, "stop_reason": "cancelled", "tokens_generated": 0,
+            "elapsed_s": round(time.monotonic() - job.accepted, 3), "warnings": []}
+
+
+class Dispatcher:
+    """Requests in, events out, one work request at a time (transport-independent).
+
+    `handle(request)` / `handle_line(line)` may be called from one reader thread;
+    `emit` is called from that thread and from the worker, never at the same time
+    (a lock serialises it). Call `start()` before the first request, `close()` at the end.
+    """
+
+    def __init__(self, engine: Engine, emit: Emit, *, max_queued: int = MAX_QUEUED):
+        self.engine = engine
+        self._emit = emit
+        self._emit_lock = threading.Lock()
+        self._lock = threading.Condition()
+        self._queue: collections.deque[Job] = collections.deque()
+        self._running: Job | None = None
+        self._closing = False
+        self._bye_sent = False
+        self._max_queued = max_queued
+        self.shutdown_requested = threading.Event()
+        model = engine.info.get("model", {})
+        self._num_joints = int(model.get("num_joints", 22))
+        self._fps = float(model.get("fps", 20.0))
+        self._worker = threading.Thread(target=self._work, name="irg-motion-worker", daemon=True)
+
+    # -- output
+
+    def send(self, event: dict[str, Any]) -> None:
+        """Emit one event, numpy values made JSON-safe (thread-safe: one event at a time)."""
+        wire = to_wire(event)
+        with self._emit_lock:
+            self._emit(wire)
+
+    # -- input
+
+    def start(self) -> None:
+        """Start the worker thread."""
+        self._worker.start()
+
+    def handle_line(self, line: str | bytes) -> None:
+        """Parse and handle one line; a line that is not a JSON object gets a `bad_json` error."""
+        if not line.strip():
+            return
+        try:
+            request = protocol.loads(line)
+        except ProtocolError as exc:
+            self.send(error_event(exc.code, f"{exc.message}; send one JSON object per line (docs/protocol.md)"))
+            return
+        self.handle(request)
+
+    def handle(self, request: dict[str, Any]) -> None:
+        """Answer a control request at once, or validate, acknowledge and queue a work request."""
+        rid = request.get("id")
+        kind = request.get("type")
+        try:
+            if rid is not None and not (isinstance(rid, str) or _is_int(rid)):
+                rid = None
+                raise ProtocolError("bad_request", '"id" must be a string or an integer')
+            if not isinstance(kind, str):
+                raise ProtocolError("bad_request", 'every request needs a "type" (a string), e.g. '
+                                                   '{"type": "generate", "id": "r1", "prompt": "..."}')
+            if kind in CONTROL_TYPES:
+                self._control(kind, rid, request)
+            elif kind in WORK_TYPES:
+                self._accept(kind, rid, request)
+            else:
+                raise ProtocolError("unknown_type", f"unknown request type {kind!r}; known types: "
+                                                    f"{', '.join(WORK_TYPES + CONTROL_TYPES)}")
+        except ProtocolError as exc:
+            self.send(error_event(exc.code, exc.message, rid))
+
+    def _control(self, kind: str, rid: Any, request: dict[str, Any]) -> None:
+        if kind == "ping":
+            self.send({"event": "pong", "id": rid, "protocol_version": PROTOCOL_VERSION})
+        elif kind == "info":
+            self.send({**ready_event(self.engine), "event": "info", "id": rid})
+        elif kind == "cancel":
+            target = request.get("target")
+            if target is None:
+                raise ProtocolError("bad_request", 'cancel: "target" (the id of the request to stop) is required')
+            self.cancel(target)
+        elif kind == "shutdown":
+            self.shutdown_requested.set()
+
+    def _accept(self, kind: str, rid: Any, request: dict[str, Any]) -> None:
+        if rid is None:
+            raise ProtocolError("bad_request", f'{kind}: "id" is required (a string the events will carry)')
+        args = validate_request(request, self._num_joints, self._fps)
+        with self._lock:
+            if self._closing:
+                raise ProtocolError("busy", f"{kind}: the backend is shutting down; start it again")
+            if any(j.id == rid for j in self._jobs()):
+                raise ProtocolError("bad_request", f"{kind}: id {rid!r} is already in use by an unfinished "
+                                                   "request; give every request its own id")
+            if len(self._queue) >= self._max_queued:
+                raise ProtocolError("busy", f"{kind}: {len(self._queue)} requests are already waiting; "
+                                            "wait for one to finish or cancel some")
+            job = Job(rid, kind, args)
+            ahead = len(self._jobs())
+            # ack goes out before the worker can see the job, so it always precedes the job's events.
+            self.send({"event": "ack", "id": rid, "type": kind, "queued": ahead})
+            self._queue.append(job)
+            self._lock.notify()
+
+    def _jobs(self) -> list[Job]:
+        """Unfinished jobs: the running one (until its end went out) and the queued ones."""
+        running = [self._running] if self._running is not None and not self._running.ended else []
+        return running + list(self._queue)
+
+    def cancel(self, target: Any) -> bool:
+        """Stop request `target`: signal it if running, drop it (answering `done`) if queued.
+
+        Returns False when there is no such unfinished request (it may have just ended).
+        """
+        with self._lock:
+            if self._running is not None and self._running.id == target and not self._running.ended:
+                self._running.cancel.set()
+                return True
+            for job in self._queue:
+                if job.id == target:
+                    self._queue.remove(job)
+                    job.cancel.set()
+                    self.send(_cancelled_done(job))
+                    return True
+        log.info("cancel: no unfinished request %r (it may have ended already)", target)
+        return False
+
+    def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
+        """Cancel the running job, drop the queued ones, wait for the worker, then emit `bye` (once)."""
+        with self._lock:
+            self._closing = True
+            dropped = list(self._queue)
+            self._queue.clear()
+            if self._running is not None:
+                self._running.cancel.set()
+            self._lock.notify_all()
+        for job in dropped:
+            self.send(_cancelled_done(job))
+        if self._worker.is_alive():
+            self._worker.join(timeout)
+            if self._worker.is_alive():
+                log.warning("the running request did not stop within %.0f s of shutdown; exiting anyway", timeout)
+        if not self._bye_sent:
+            self._bye_sent = True
+            self.send({"event": "bye", "id": None})
+
+    # -- the worker
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                while not self._queue and not self._closing:
+                    self._lock.wait()
+                if not self._queue:
+                    return
+                job = self._running = self._queue.popleft()
+            try:
+                self._run(job)
+            finally:
+                with self._lock:
+                    self._running = None
+
+    def _run(self, job: Job) -> None:
+        """Run one job; whatever happens it ends with exactly one `done` or `error`."""
+        def emit(event: dict[str, Any]) -> None:
+            if job.ended:
+                log.warning("dropped a %s event of %r that came after its end", event.get("event"), job.id)
+                return
+            job.ended = event.get("event") in ("done", "error")
+            self.send({**event, "id": job.id})
+
+        started = time.monotonic()
+        log.info("%s %r started", job.type, job.id)
+        try:
+            _run_engine(self.engine, job.type, dict(job.args), emit, job.cancel)
+        except (EngineError, ProtocolError) as exc:
+            if not job.ended:
+                emit(error_event(exc.code, exc.message))
+        except Exception as exc:  # a bug must not take the whole backend down
+            log.exception("%s %r failed", job.type, job.id)
+            if not job.ended:
+                emit(error_event("internal", f"{job.type} failed: {type(exc).__name__}: {exc}. This is a bug "
+                                             "in irg-motion (the backend keeps serving; its log has the traceback)"))
+        if not job.ended:
+            if job.cancel.is_set():
+                emit(_cancelled_done(job))
+            else:
+                emit(error_event("internal", f"{job.type} ended without a done event; this is a bug in irg-motion"))
+        log.info("%s %r finished in %.2f s", job.type, job.id, time.monotonic() - started)
+
+
+# ---------------------------------------------------------------- startup and the stdio transport
+
+class StartupError(RuntimeError):
+    """The model could not be loaded; `code` is `model_missing` or `model_load_failed`."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def load_engine(model_dir: str | Path, device: str = "auto", precision: str = "auto") -> Engine:
+    """Load the Engine once; StartupError with a code and a message naming the folder and the fix."""
+    folder = Path(model_dir).expanduser().absolute()
+    try:
+        return Engine(folder, device=device, precision=precision)
+    except ModelFolderError as exc:
+        raise StartupError("model_missing", str(exc)) from exc
+    except EngineError as exc:
+        raise StartupError(exc.code if exc.code.startswith("model_") else "model_load_failed", exc.message) from exc
+    except LoaderError as exc:  # device or precision that cannot be served: the message says what instead
+        raise StartupError("model_load_failed", f"could not load the model folder {folder}: {exc}") from exc
+    except Exception as exc:  # torch / transformers / bitsandbytes errors: say which folder and what next
+        log.exception("loading %s failed", folder)
+        raise StartupError("model_load_failed", (
+            f"could not load the model folder {folder}: {type(exc).__name__}: {exc}. Check the device and "
+            "precision settings, or convert the model again with `irg-motion convert`")) from exc
+
+
+def ready_event(engine: Engine) -> dict[str, Any]:
+    """The handshake: protocol and backend versions, what model is loaded and where."""
+    info = engine.info
+    return {"event": "ready", "protocol_version": PROTOCOL_VERSION, "backend_version": backend_version(),
+            "model": info.get("model", {}), "device": info.get("device", {})}
+
+
+@contextlib.contextmanager
+def reserved_stdout() -> Iterator[TextIO]:
+    """Reserve the real stdout for protocol lines while the block runs; yield a text stream on it.
+
+    File descriptor 1 and `sys.stdout` point at stderr inside the block, so a stray
+    print (from Python or from C code) can never corrupt the protocol stream.
+    Both are restored afterwards.
+    """
+    sys.stdout.flush()
+    saved_fd, saved_stdout = os.dup(1), sys.stdout
+    out = os.fdopen(os.dup(1), "w", encoding="utf-8", newline="\n")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    try:
+        yield out
+    finally:
+        try:
+            out.close()
+        except OSError:  # the reader went away; nothing left to flush to
+            pass
+        sys.stdout = saved_stdout
+        os.dup2(saved_fd, 1)
+        os.close(saved_fd)
+
+
+class LineWriter:
+    """Writes one message per line to a stream, flushed per line (thread-safe).
+
+    A message that cannot be serialised (NaN, an unknown type: a bug) is replaced by an
+    `internal` error for the same request; a reader that went away is logged once.
+    """
+
+    def __init__(self, stream: TextIO):
+        self._stream = stream
+        self._lock = threading.Lock()
+        self.broken = False
+
+    def __call__(self, message: dict[str, Any]) -> None:
+        try:
+            line = protocol.dumps(message)
+        except (TypeError, ValueError) as exc:
+            log.error("cannot serialise a %s event: %s", message.get("event"), exc)
+            line = protocol.dumps(error_event(
+                "internal", f"the backend built a {message.get('event')} event it cannot send ({exc}); "
+                            "this is a bug in irg-motion, please report it", message.get("id")))
+        with self._lock:
+            if self.broken:
+                return
+            try:
+                self._stream.write(line + "\n")
+                self._stream.flush()
+            except (BrokenPipeError, OSError, ValueError) as exc:
+                self.broken = True
+                log.warning("the client stopped reading our output (%s); events are discarded", exc)
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Log to stderr with timestamps (stdout belongs to the protocol)."""
+    logging.basicConfig(stream=sys.stderr, level=level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def serve_stdio(model_dir: str | Path, device: str = "auto", precision: str = "auto",
+                stdin: Iterable[bytes] | None = None) -> int:
+    """Serve the protocol on stdin/stdout until `shutdown` or end of input; return the exit status.
+
+    0 after a clean shutdown, 2 when the model cannot be loaded (after one `error` event).
+    """
+    configure_logging()
+    with reserved_stdout() as out:
+        return _serve(LineWriter(out), stdin if stdin is not None else sys.stdin.buffer,
+                      model_dir, device, precision)
+
+
+def _serve(writer: LineWriter, source: Iterable[bytes], model_dir: str | Path, device: str, precision: str) -> int:
+    log.info("irg-motion %s loading %s (device %s, precision %s)", backend_version(), model_dir, device, precision)
+    try:
+        engine = load_engine(model_dir, device, precision)
+    except StartupError as exc:
+        log.error("%s", exc.message)
+        writer(error_event(exc.code, exc.message))
+        return 2
+    writer(ready_event(engine))
+    dispatcher = Dispatcher(engine, writer)
+    dispatcher.start()
+    try:
+        for line in source:
+            dispatcher.handle_line(line)
+            if dispatcher.shutdown_requested.is_set():
+                break
+        else:
+            log.info("end of input: shutting down")
+    except KeyboardInterrupt:
+        log.info("interrupted: shutting down")
+    dispatcher.close()
+    return 0

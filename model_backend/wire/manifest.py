@@ -1,0 +1,153 @@
+"""The model folder's `manifest.json`: read, validate, write (plain Python, no torch).
+
+A model folder (docs/model-folder.md) is written by `irg-motion convert` or
+`irg-motion make-fixture`; everything that loads one starts here, so a wrong or
+incomplete folder fails with one message that names the folder, the problem
+and the fix.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..rig_math.skeleton import skeleton_for
+
+FORMAT = "irg-motion-model"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+FIX_HINT = "run `irg-motion convert` (real checkpoints) or `irg-motion make-fixture` (test model) to write it again"
+
+REQUIRED_KEYS = ("format", "format_version", "name", "stage", "dataset", "feature_size",
+                 "num_joints", "fps", "fixture", "vqvae", "motion_tokens")
+VQVAE_KEYS = ("file", "feature_size", "width", "code_dim", "num_codes", "depth",
+              "dilation_growth", "down_t", "stride_t")
+MOTION_TOKEN_KEYS = ("start", "end", "start_id", "end_id", "first_id", "count")
+# Files every folder needs besides the manifest (the VQ-VAE file is named in the manifest).
+REQUIRED_FILES = ("llm/config.json", "mean.npy", "std.npy")
+
+
+class ModelFolderError(ValueError):
+    """A model folder that is missing, incomplete or inconsistent; the message says how to fix it."""
+
+
+def folder_error(model_dir: str | Path, problem: str) -> ModelFolderError:
+    """The error for a problem with a model folder: names the folder, the problem and the fix."""
+    return ModelFolderError(f"model folder {model_dir}: {problem}; {FIX_HINT}")
+
+
+def validate_manifest(data: Any, model_dir: str | Path = "<unsaved>") -> dict[str, Any]:
+    """Check a manifest's content (keys, types, consistency); return it or raise ModelFolderError."""
+    if not isinstance(data, dict):
+        raise folder_error(model_dir, f"{MANIFEST_NAME} must hold a JSON object, not {type(data).__name__}")
+    if data.get("format") != FORMAT:
+        raise folder_error(model_dir, f"{MANIFEST_NAME} has format {data.get('format')!r}, expected {FORMAT!r}")
+    if data.get("format_version") != FORMAT_VERSION:
+        raise folder_error(model_dir, f"{MANIFEST_NAME} has format_version {data.get('format_version')!r}; "
+                                      f"this irg-motion reads version {FORMAT_VERSION}")
+    _require_keys(model_dir, data, REQUIRED_KEYS, MANIFEST_NAME)
+    _require_keys(model_dir, data["vqvae"], VQVAE_KEYS, f'{MANIFEST_NAME} "vqvae"')
+    _require_keys(model_dir, data["motion_tokens"], MOTION_TOKEN_KEYS, f'{MANIFEST_NAME} "motion_tokens"')
+    _check_values(model_dir, data)
+    return data
+
+
+def _require_keys(model_dir: str | Path, obj: Any, keys: tuple[str, ...], where: str) -> None:
+    if not isinstance(obj, dict):
+        raise folder_error(model_dir, f"{where} must be a JSON object")
+    missing = [k for k in keys if k not in obj]
+    if missing:
+        raise folder_error(model_dir, f"{where} lacks the key(s) {', '.join(missing)}")
+
+
+def _check_values(model_dir: str | Path, data: dict[str, Any]) -> None:
+    if data["stage"] not in (1, 2, 3):
+        raise folder_error(model_dir, f"stage must be 1, 2 or 3, not {data['stage']!r}")
+    try:
+        skeleton = skeleton_for(str(data["dataset"]))
+    except ValueError as exc:
+        raise folder_error(model_dir, str(exc)) from None
+    facts = {"feature_size": skeleton.feature_size, "num_joints": skeleton.num_joints, "fps": skeleton.fps}
+    for key, expected in facts.items():
+        if data[key] != expected:
+            raise folder_error(model_dir, f"{key} is {data[key]!r} but {skeleton.name} has {expected}")
+    if data["vqvae"]["feature_size"] != data["feature_size"]:
+        raise folder_error(model_dir, f"vqvae.feature_size {data['vqvae']['feature_size']} differs from "
+                                      f"feature_size {data['feature_size']}")
+    tokens = data["motion_tokens"]
+    ids = [tokens[k] for k in ("start_id", "end_id", "first_id", "count")]
+    if not all(isinstance(i, int) and i >= 0 for i in ids):
+        raise folder_error(model_dir, f"motion_tokens ids must be non-negative integers, got {ids}")
+    if tokens["count"] != data["vqvae"]["num_codes"]:
+        raise folder_error(model_dir, f"motion_tokens.count {tokens['count']} differs from the VQ-VAE's "
+                                      f"num_codes {data['vqvae']['num_codes']}")
+    if not isinstance(data["fixture"], bool):
+        raise folder_error(model_dir, f"fixture must be true or false, not {data['fixture']!r}")
+
+
+def read_manifest(model_dir: str | Path, *, check_files: bool = True) -> dict[str, Any]:
+    """Read and validate `model_dir/manifest.json`; with `check_files`, also the files it implies.
+
+    Raises ModelFolderError naming the folder, the missing file or key, and the fix.
+    """
+    folder = Path(model_dir).expanduser()
+    if not folder.is_dir():
+        raise folder_error(folder, "not found (no such folder)")
+    path = folder / MANIFEST_NAME
+    if not path.is_file():
+        raise folder_error(folder, f"{MANIFEST_NAME} is missing")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise folder_error(folder, f"{MANIFEST_NAME} is not valid JSON ({exc})") from None
+    validate_manifest(data, folder)
+    if check_files:
+        for rel in (*REQUIRED_FILES, data["vqvae"]["file"]):
+            if not (folder / rel).is_file():
+                raise folder_error(folder, f"{rel} is missing")
+    return data
+
+
+def write_manifest(model_dir: str | Path, data: dict[str, Any]) -> Path:
+    """Validate `data` and write it as `model_dir/manifest.json` (atomically); return the path."""
+    folder = Path(model_dir)
+    validate_manifest(data, folder)
+    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".json", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a manifest is not a secret
+        os.replace(tmp, folder / MANIFEST_NAME)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return folder / MANIFEST_NAME
+
+
+def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks (checkpoints are several GB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk_bytes):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def created_by(command: str) -> str:
+    """The manifest's "created_by": `irg-motion <version> <command>` ("dev" in a source tree)."""
+    try:
+        version = importlib.metadata.version("irg-motion")
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree
+        version = "dev"
+    return f"irg-motion {version} {command}"
+
+
+def make_readable(folder: Path) -> None:
+    """mkdtemp and safetensors create private files; a model folder is meant to be shared."""
+    for path in (folder, *folder.rglob("*")):
+        os.chmod(path, 0o755 if path.is_dir() else 0o644)
