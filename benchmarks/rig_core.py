@@ -38,9 +38,11 @@ import numpy as np  # noqa: E402
 from timing import best_time  # noqa: E402
 
 from model_backend.rig_math.metrics import bone_direction_error_deg, position_error_mm, twist_jitter  # noqa: E402
-from model_backend.rig_math.quat import quat_angle, quat_between, quat_continuity, quat_from_axis_angle, quat_from_matrix, quat_mul, quat_to_matrix
+from model_backend.rig_math.quat import (quat_angle, quat_between, quat_continuity, quat_from_axis_angle,
+                                         quat_from_matrix, quat_mul, quat_to_matrix)
 from model_backend.rig_math.skeleton import HUMANML3D as S  # noqa: E402
-from model_backend.rig_math.solver import forward_kinematics, joint_rules, local_to_world, rest_frames, rest_offsets_for, solve, t_pose_offsets
+from model_backend.rig_math.solver import (forward_kinematics, joint_rules, local_to_world, rest_frames,
+                                           rest_offsets_for, solve, t_pose_offsets)
 
 
 # ---------------------------------------------------------------- baselines

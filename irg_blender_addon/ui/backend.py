@@ -16,7 +16,7 @@ from ..jobs.base import manager
 from ..jobs.tasks import PrefsTask, store, tasks
 from ..settings import addon_preferences, default_backend_source, default_env_dir, get_settings
 from ..registration import register_classes, unregister_classes
-from .widgets import refuse, wrapped_labels
+from .widgets import SubPanel, refuse, wrapped_labels
 
 
 def draw_task(layout) -> None:
@@ -140,7 +140,7 @@ class IRG_OT_convert_model(bpy.types.Operator):
         try:
             python = get_settings().backend_python
         except ValueError as exc:
-            return refuse(self, str(exc))
+            return refuse(self, exc)
         base = self.base.strip()
         if base.startswith("//"):
             base = bpy.path.abspath(base)
@@ -188,7 +188,7 @@ class IRG_OT_backend_start(bpy.types.Operator):
                 backend.stop()
             backend.ensure_started()
         except (ValueError, BackendError) as exc:
-            return refuse(self, str(exc))
+            return refuse(self, exc)
         self.report({"INFO"}, "Backend starting: the model loads in the background.")
         return {"FINISHED"}
 
@@ -301,14 +301,10 @@ def _show_text(context, text) -> None:
         pass  # the report names the text
 
 
-class IRG_PT_backend(bpy.types.Panel):
+class IRG_PT_backend(SubPanel, bpy.types.Panel):
     """The backend's state, start/stop/ping and its log."""
 
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "IRG Motion"
     bl_label = "Backend"
-    bl_parent_id = "IRG_PT_generate"
     bl_options = {"DEFAULT_CLOSED"}
 
     def draw(self, context):

@@ -17,7 +17,7 @@ from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProp
 from ..jobs import batch
 from ..jobs.base import manager
 from ..registration import register_classes, unregister_classes
-from .widgets import REFUSALS, refuse, wrapped_labels
+from .widgets import REFUSALS, SubPanel, refuse, wrapped_labels
 
 STATUS_ITEMS = (("PENDING", "Pending", "Not baked yet"), ("RUNNING", "Running", "Being baked"),
                 ("DONE", "Done", "Baked: its Action is a strip on the track"),
@@ -173,7 +173,7 @@ class IRG_OT_batch_load_text(bpy.types.Operator):
         try:
             entries = batch.prompts_from_text(source)
         except ValueError as exc:
-            return refuse(self, str(exc))
+            return refuse(self, exc)
         batch.fill_items(group, entries, replace=self.replace)
         self.report({"INFO"}, f"Loaded {len(entries)} prompt(s) from {source.name!r}.")
         return {"FINISHED"}
@@ -204,7 +204,7 @@ class IRG_OT_batch_load_file(bpy.types.Operator):
         try:
             entries = batch.read_prompt_file(bpy.path.abspath(self.filepath))
         except ValueError as exc:
-            return refuse(self, str(exc))
+            return refuse(self, exc)
         batch.fill_items(_batch(context), entries, replace=self.replace)
         self.report({"INFO"}, f"Loaded {len(entries)} prompt(s).")
         return {"FINISHED"}
@@ -270,14 +270,10 @@ class IRG_OT_batch_cancel(bpy.types.Operator):
         return {"FINISHED"}
 
 
-class IRG_PT_batch(bpy.types.Panel):
+class IRG_PT_batch(SubPanel, bpy.types.Panel):
     """The batch list, where its strips go, Bake / Cancel / Retry Failed and what failed."""
 
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "IRG Motion"
     bl_label = "Batch Bake"
-    bl_parent_id = "IRG_PT_generate"
     bl_options = {"DEFAULT_CLOSED"}
 
     def draw(self, context):

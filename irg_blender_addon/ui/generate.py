@@ -18,7 +18,7 @@ from ..props import runtime, scene_prompt
 from ..registration import register_classes, unregister_classes
 from ..rig.mapping import target_armature
 from ..settings import ADDON_ID, get_settings
-from .widgets import REFUSALS, WRAP, one_line, refuse, wrapped_labels
+from .widgets import REFUSALS, SidebarPanel, SubPanel, WRAP, one_line, refuse, wrapped_labels
 
 LEVEL_ICONS = {"IDLE": "INFO", "RUNNING": "SORTTIME", "DONE": "CHECKMARK", "ERROR": "ERROR",
                "CANCELLED": "CANCEL"}
@@ -68,12 +68,9 @@ class IRG_MT_prompt_presets(bpy.types.Menu):
             for prompt in prompts:
                 layout.operator("irg.use_prompt", text=one_line(prompt, 70)).prompt = prompt
 
-class IRG_PT_generate(bpy.types.Panel):
+class IRG_PT_generate(SidebarPanel, bpy.types.Panel):
     """Prompt, Generate/Cancel, progress and the status line."""
 
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "IRG Motion"
     bl_label = "Generate"
 
     def draw(self, context):
@@ -114,14 +111,10 @@ class IRG_PT_generate(bpy.types.Panel):
                 box.progress(factor=rt.progress, type="BAR", text=f"{label}: {rt.progress:.0%}")
             wrapped_labels(box, rt.status, icon=LEVEL_ICONS.get(rt.level, "INFO"))
 
-class IRG_PT_trace(bpy.types.Panel):
+class IRG_PT_trace(SubPanel, bpy.types.Panel):
     """The model's analysis and each round's assessment and refinement, as they stream."""
 
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "IRG Motion"
     bl_label = "Reasoning"
-    bl_parent_id = "IRG_PT_generate"
     bl_options = {"DEFAULT_CLOSED"}
 
     def draw(self, context):

@@ -38,6 +38,7 @@ GROUPS = (("Torso", ("pelvis", "spine1", "spine2", "spine3", "neck", "head")),
             for limb, joints in (("Arm", ("collar", "shoulder", "elbow", "wrist")),
                                  ("Leg", ("hip", "knee", "ankle", "foot")))
             for side in ("left", "right")))
+from .widgets import SubPanel, refuse
 
 
 # ---------------------------------------------------------------- the preset option
@@ -144,8 +145,7 @@ class IRG_OT_check_rig(bpy.types.Operator):
             text = mapping.check_rig(target, mapping.retarget_options(context, target)["preset"])
         except ValueError as exc:
             settings.last_check = str(exc)
-            self.report({"ERROR"}, str(exc))
-            return {"CANCELLED"}
+            return refuse(self, exc)
         settings.last_check = text
         self.report({"INFO"}, text)
         return {"FINISHED"}
@@ -168,8 +168,7 @@ class IRG_OT_detect_mapping(bpy.types.Operator):
         try:
             found = mapping.detect_mapping(target, None if choice in (AUTO, CUSTOM, "") else choice)
         except ValueError as exc:
-            self.report({"ERROR"}, str(exc))
-            return {"CANCELLED"}
+            return refuse(self, exc)
         self.report({"INFO"} if found.ok else {"WARNING"}, found.report().replace("\n", " "))
         return {"FINISHED"}
 
@@ -198,8 +197,7 @@ class IRG_OT_save_mapping_preset(bpy.types.Operator):
         try:
             path, replaced = mapping.save_mapping(target, self.name)
         except (ValueError, OSError) as exc:  # PresetError is a ValueError
-            self.report({"ERROR"}, str(exc))
-            return {"CANCELLED"}
+            return refuse(self, exc)
         verb = "Replaced" if replaced else "Saved"
         self.report({"INFO"}, f"{verb} rig preset {self.name.strip()!r} ({path.stem}) in {path.parent}.")
         return {"FINISHED"}
@@ -222,13 +220,11 @@ class IRG_OT_apply_version(bpy.types.Operator):
         action = bpy.data.actions.get(self.version)
         target = target_armature(context)
         if action is None:
-            self.report({"ERROR"}, f"No Action named {self.version!r}: pick an existing version.")
-            return {"CANCELLED"}
+            return refuse(self, f"No Action named {self.version!r}: pick an existing version.")
         try:
             new = actions.apply_version(action, target, **mapping.retarget_options(context, target))
         except (ValueError, TypeError) as exc:
-            self.report({"ERROR"}, str(exc))
-            return {"CANCELLED"}
+            return refuse(self, exc)
         info = actions.version_info(new)
         changed = info.get("rotation_mode_changed", [])
         note = f"; {len(changed)} bones switched to quaternion rotation" if changed else ""
@@ -389,14 +385,10 @@ def draw_apply_button(layout, action, text: str = "") -> None:
     op.version = action.name
 
 
-class IRG_PT_retarget(bpy.types.Panel):
+class IRG_PT_retarget(SubPanel, bpy.types.Panel):
     """Retarget options and the armature's bone mapping."""
 
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "IRG Motion"
     bl_label = "Retarget"
-    bl_parent_id = "IRG_PT_generate"
     bl_options = {"DEFAULT_CLOSED"}
 
     def draw(self, context):

@@ -14,17 +14,13 @@ from ..props import SATISFIED, runtime, scene_prompt
 from ..rig.mapping import target_armature
 from .versions import ActionOperator, active_action
 from ..registration import register_classes, unregister_classes
-from .widgets import REFUSALS, refuse, wrapped_labels
+from .widgets import REFUSALS, SubPanel, refuse, wrapped_labels
 
 
-class IRG_PT_review(bpy.types.Panel):
+class IRG_PT_review(SubPanel, bpy.types.Panel):
     """Critique & refine what the armature plays (a version, or any animation); describe it."""
 
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "IRG Motion"
     bl_label = "Critique & Refine"
-    bl_parent_id = "IRG_PT_generate"
 
     def draw(self, context):
         layout = self.layout

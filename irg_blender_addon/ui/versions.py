@@ -11,7 +11,7 @@ from ..jobs.review import resolve_action
 from ..rig.mapping import target_armature
 from .retarget import draw_apply_button
 from ..registration import register_classes, unregister_classes
-from .widgets import one_line, refuse, wrapped_labels
+from .widgets import SubPanel, one_line, refuse, wrapped_labels
 
 
 def active_action(armature):
@@ -62,14 +62,10 @@ class IRG_UL_versions(bpy.types.UIList):
             positions[k] = position
         return flags, positions
 
-class IRG_PT_versions(bpy.types.Panel):
+class IRG_PT_versions(SubPanel, bpy.types.Panel):
     """The target armature's versions; the selected one's details and actions."""
 
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "IRG Motion"
     bl_label = "Versions"
-    bl_parent_id = "IRG_PT_generate"
 
     def draw(self, context):
         layout = self.layout
@@ -140,9 +136,7 @@ class IRG_OT_set_active_version(bpy.types.Operator):
         armature = bpy.data.objects.get(self.armature)
         action = bpy.data.actions.get(self.action)
         if armature is None or armature.type != "ARMATURE" or action is None:
-            self.report({"ERROR"}, f"No armature {self.armature!r} or version {self.action!r}: "
-                                   "it was renamed or deleted.")
-            return {"CANCELLED"}
+            return refuse(self, f"No armature {self.armature!r} or version {self.action!r}: it was renamed or deleted.")
         actions.set_active_version(armature, action)
         props.review(action)
         return {"FINISHED"}

@@ -10,6 +10,20 @@ WRAP = 48  # characters per label line in the sidebar
 REFUSALS = (ValueError, RuntimeError, BackendError)  # what the start_* functions raise for bad input or state
 
 
+class SidebarPanel:
+    """A panel in the "IRG Motion" tab of the 3D View's sidebar (mixed in before bpy.types.Panel)."""
+
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "IRG Motion"
+
+
+class SubPanel(SidebarPanel):
+    """A sub-panel of Generate, the tab's main panel."""
+
+    bl_parent_id = "IRG_PT_generate"
+
+
 def wrapped_labels(layout, text: str, *, icon: str = "NONE", width: int = WRAP, max_lines: int = 30) -> None:
     """Draw text as labels, wrapped, first line with the icon; long text keeps its end."""
     lines = [piece for para in text.splitlines() for piece in (textwrap.wrap(para, width) or [""])]

@@ -9,7 +9,8 @@ import numpy as np
 
 from .common import EXIT_NO_RESULT, CliError, add_foot_lock, subparser
 from .files import describe_motion, motion_arrays, output_path, write_motion_bvh, write_npz
-from .run import as_tokens, fixture_note, given_motion, json_stdout, load_engine, report, run_task, report_warnings, sampling_options
+from .run import (as_tokens, fixture_note, given_motion, json_stdout, load_engine, report, run_task, report_warnings,
+                  sampling_options)
 
 def cmd_generate(args: argparse.Namespace) -> int:
     out = output_path(args.out)

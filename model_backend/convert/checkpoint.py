@@ -36,7 +36,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..wire.manifest import FORMAT, FORMAT_VERSION, ModelFolderError, created_by, make_readable, read_manifest, sha256_file, write_manifest
+from ..wire.manifest import (FORMAT, FORMAT_VERSION, ModelFolderError, created_by, make_readable, read_manifest,
+                             sha256_file, write_manifest)
 from ..rig_math.skeleton import Skeleton, skeleton_for
 from ..llm.vocab import NUM_MOTION_CODES, MotionVocab, MotionVocabError, add_motion_tokens
 from ..vq.weights import read_weights

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from ..wire.manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, ModelFolderError, created_by, make_readable, read_manifest, write_manifest
+from ..wire.manifest import (FORMAT, FORMAT_VERSION, MANIFEST_NAME, ModelFolderError, created_by, make_readable,
+                             read_manifest, write_manifest)
 from ..rig_math.skeleton import Skeleton, skeleton_for
 from ..llm.vocab import MotionVocab, add_motion_tokens
 

@@ -49,7 +49,8 @@ import torch
 from . import prompts as P
 from .constraints import MAX_MOTION_TOKENS, MotionConstraint
 from ..wire.protocol import encode_array
-from .trace import Assessment, BlockEnd, MotionChunk, MotionSpan, TextDecoder, TextDelta, TraceParser, TraceResult, split_assessment
+from .trace import (Assessment, BlockEnd, MotionChunk, MotionSpan, TextDecoder, TextDelta, TraceParser, TraceResult,
+                    split_assessment)
 from .vocab import MotionVocab
 
 __all__ = ["Engine", "EngineError", "Sampler", "stream_tokens", "GENERATE_MODES", "REFINE_FORMS"]

@@ -31,7 +31,8 @@ import numpy as np
 
 from ..wire import protocol
 from ..llm.constraints import MAX_MOTION_TOKENS
-from ..llm.engine import GENERATE_MODES, MAX_NEW_TOKENS, MAX_ROUNDS, MIN_MOTION_TOKENS, REFINE_FORMS, Engine, EngineError
+from ..llm.engine import (GENERATE_MODES, MAX_NEW_TOKENS, MAX_ROUNDS, MIN_MOTION_TOKENS, REFINE_FORMS, Engine,
+                          EngineError)
 from ..llm.loader import LoaderError
 from ..wire.manifest import ModelFolderError
 from ..wire.protocol import CONTROL_TYPES, PROTOCOL_VERSION, WORK_TYPES, ProtocolError, error_event

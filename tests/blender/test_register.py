@@ -121,8 +121,8 @@ def test_importing_the_addon_imports_no_torch():
 
 def test_client_module_needs_no_bpy():
     code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
-            "import irg_blender_addon.backend.local, irg_blender_addon.backend.remote, irg_blender_addon.backend.registry, "
-            "irg_blender_addon.backend.setup, irg_blender_addon.backend.convert; "
+            "import irg_blender_addon.backend.local, irg_blender_addon.backend.remote, "
+            "irg_blender_addon.backend.registry, irg_blender_addon.backend.setup, irg_blender_addon.backend.convert; "
             "assert 'bpy' not in sys.modules, 'the backend package imported bpy'")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

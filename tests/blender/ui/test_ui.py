@@ -22,7 +22,8 @@ from irg_blender_addon.settings import ADDON_ID
 from ui_recorder import Recorder, check_calls, draw, fake_context
 
 
-PANELS = [c for m in (generate_ui, versions_ui, review_ui, retarget_ops) for c in m.CLASSES if issubclass(c, bpy.types.Panel)]
+PANELS = [c for m in (generate_ui, versions_ui, review_ui, retarget_ops) for c in m.CLASSES
+          if issubclass(c, bpy.types.Panel)]
 
 
 @pytest.fixture()

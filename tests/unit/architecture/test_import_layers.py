@@ -182,7 +182,8 @@ def test_the_checks_catch_what_they_guard(monkeypatch):
         monkeypatch.setitem(MODULES, name, path)
     sources = {paths[n]: s for n, s in fake.items()}
     real_read = Path.read_text
-    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: sources[self] if self in sources else real_read(self, *a, **k))
+    monkeypatch.setattr(Path, "read_text",
+                        lambda self, *a, **k: sources[self] if self in sources else real_read(self, *a, **k))
     assert "a layer above it" in addon_problems("irg_blender_addon.jobs.fake")[0]
     assert "scripting never needs the UI" in addon_problems("irg_blender_addon.api")[0]
     assert "plain Python" in addon_problems("irg_blender_addon.backend.fake")[0]

@@ -12,7 +12,8 @@ from safetensors.torch import load_file, save_file
 from transformers import Gemma2Config
 
 from model_backend.convert.fixture import make_fixture
-from model_backend.llm.loader import InsufficientMemoryError, LoaderError, count_parameters, estimate_weight_bytes, load_llm, pick_precision, resolve_device
+from model_backend.llm.loader import (InsufficientMemoryError, LoaderError, count_parameters, estimate_weight_bytes,
+                                      load_llm, pick_precision, resolve_device)
 from model_backend.wire.manifest import ModelFolderError, read_manifest, write_manifest
 
 PROMPT = "a person walks forward and waves with the right hand"

@@ -8,7 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from model_backend.llm import prompts as P
-from model_backend.llm.trace import Assessment, BlockEnd, MotionChunk, MotionFailure, MotionSpan, TextDecoder, TextDelta, TraceParser, split_assessment
+from model_backend.llm.trace import (Assessment, BlockEnd, MotionChunk, MotionFailure, MotionSpan, TextDecoder,
+                                     TextDelta, TraceParser, split_assessment)
 from model_backend.llm.vocab import MotionVocab
 
 VOCAB = MotionVocab(start_id=1000, end_id=1001, first_id=1002, count=512)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from model_backend.convert.fixture import build_base_tokenizer, build_tokenizer
-from model_backend.llm.vocab import MOTION_END, MOTION_START, NUM_MOTION_CODES, MotionVocab, MotionVocabError, add_motion_tokens, motion_token, motion_token_strings
+from model_backend.llm.vocab import (MOTION_END, MOTION_START, NUM_MOTION_CODES, MotionVocab, MotionVocabError,
+                                     add_motion_tokens, motion_token, motion_token_strings)
 
 
 @pytest.fixture(scope="module")

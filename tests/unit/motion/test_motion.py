@@ -7,7 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from model_backend.motion.features import canonicalize, contacts_from_features, features_to_joints, joints_to_features, resample
+from model_backend.motion.features import (canonicalize, contacts_from_features, features_to_joints,
+                                           joints_to_features, resample)
 from model_backend.rig_math.skeleton import HUMANML3D, KIT_ML
 
 # Heading smoothing reaches 80 frames ahead; the released clip lacks the last source

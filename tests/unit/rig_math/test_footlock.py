@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model_backend.rig_math.footlock import SOFT_START, blend_weights, contact_runs, detect_contacts, lock_feet, two_bone_ik
+from model_backend.rig_math.footlock import (SOFT_START, blend_weights, contact_runs, detect_contacts, lock_feet,
+                                             two_bone_ik)
 from model_backend.rig_math.metrics import foot_skating_ratio, mean_jerk
 from model_backend.rig_math.skeleton import HUMANML3D
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model_backend.rig_math.metrics import bone_direction_error_deg, bone_length_drift, foot_skating_ratio, mean_jerk, position_error_mm, twist_jitter
+from model_backend.rig_math.metrics import (bone_direction_error_deg, bone_length_drift, foot_skating_ratio,
+                                            mean_jerk, position_error_mm, twist_jitter)
 from model_backend.rig_math.quat import quat_from_axis_angle, quat_to_matrix
 from model_backend.rig_math.skeleton import HUMANML3D
 from model_backend.rig_math.smoothing import savgol, savgol_matrix

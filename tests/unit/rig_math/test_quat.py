@@ -4,7 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model_backend.rig_math.quat import quat_angle, quat_between, quat_conj, quat_continuity, quat_from_axis_angle, quat_from_matrix, quat_inv, quat_mul, quat_normalize, quat_rotate, quat_slerp, quat_to_axis_angle, quat_to_matrix
+from model_backend.rig_math.quat import (quat_angle, quat_between, quat_conj, quat_continuity, quat_from_axis_angle,
+                                         quat_from_matrix, quat_inv, quat_mul, quat_normalize, quat_rotate,
+                                         quat_slerp, quat_to_axis_angle, quat_to_matrix)
 
 
 def _random_quats(rng: np.random.Generator, n: int) -> np.ndarray:

@@ -7,7 +7,8 @@ import pytest
 from model_backend.rig_math.metrics import bone_direction_error_deg, position_error_mm, twist_jitter
 from model_backend.rig_math.quat import quat_angle, quat_from_axis_angle, quat_from_matrix, quat_mul
 from model_backend.rig_math.skeleton import HUMANML3D, KIT_ML, to_blender
-from model_backend.rig_math.solver import bone_directions, forward_kinematics, front_reference, joint_rules, local_to_world, rest_frames, solve, t_pose_offsets
+from model_backend.rig_math.solver import (bone_directions, forward_kinematics, front_reference, joint_rules,
+                                           local_to_world, rest_frames, solve, t_pose_offsets)
 
 S = HUMANML3D
 RULES = joint_rules(S)
@@ -119,7 +120,7 @@ def test_rest_pose_solves_to_identity():
 def _clip_joints(humanml3d_dir, name: str) -> np.ndarray:
     if name == "012314_joints":
         return np.load(humanml3d_dir / "012314_joints.npy").astype(np.float64)
-    motion = pytest.importorskip("model_backend.motion.features", reason="model_backend.motion.features not written yet")
+    motion = pytest.importorskip("model_backend.motion.features", reason="model_backend.motion.features not written")
     if not hasattr(motion, "features_to_joints"):
         pytest.skip("model_backend.motion.features.features_to_joints not available yet")
     return motion.features_to_joints(np.load(humanml3d_dir / f"{name}.npy")).astype(np.float64)

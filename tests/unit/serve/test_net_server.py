@@ -19,7 +19,9 @@ from typing import Any
 
 import pytest
 
-from model_backend.serve.net_server import AUTH_LINE_BYTES, MAX_LINE_BYTES, EngineGate, LineTooLong, ServerConfigError, SocketLines, _same_token, is_loopback, parse_listen, read_token, server_config
+from model_backend.serve.net_server import (AUTH_LINE_BYTES, MAX_LINE_BYTES, EngineGate, LineTooLong,
+                                            ServerConfigError, SocketLines, _same_token, is_loopback, parse_listen,
+                                            read_token, server_config)
 from model_backend.wire.protocol import PROTOCOL_VERSION
 from serve_process import ROOT, STEP_S, TcpServer, backend_env, write_token_file
 
