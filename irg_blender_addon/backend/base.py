@@ -8,6 +8,9 @@ Plain Python (no bpy). A job drives a `Backend` without knowing where the model 
 """
 from __future__ import annotations
 
+import itertools
+import queue
+import threading
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -20,7 +23,14 @@ class Backend(ABC):
     """A connection to one loaded model. `state` is one of "stopped", "starting", "ready", "dead";
     `ready_info` is the backend's `ready` handshake (None before it)."""
 
-    ready_info: dict[str, Any] | None
+    def __init__(self) -> None:
+        self.ready_info: dict[str, Any] | None = None
+        self.returncode: int | None = None  # a local process's exit status (None for a remote one)
+        self._state = "stopped"
+        self._events: queue.Queue[dict[str, Any]] = queue.Queue()  # filled by the reader thread
+        self._reader: threading.Thread | None = None
+        self._ready_event = threading.Event()
+        self._ids = itertools.count(1)
 
     @property
     @abstractmethod
@@ -28,9 +38,10 @@ class Backend(ABC):
         """What identifies this backend in the registry."""
 
     @property
-    @abstractmethod
     def state(self) -> str:
-        """"stopped", "starting", "ready" or "dead"."""
+        """"stopped", "starting" (loading the model, or connected and waiting for the handshake),
+        "ready" or "dead"."""
+        return self._state
 
     @property
     @abstractmethod
@@ -49,9 +60,9 @@ class Backend(ABC):
     def ensure_started(self) -> None:
         """Start unless starting or ready (a dead backend is started afresh)."""
 
-    @abstractmethod
     def new_id(self, prefix: str = "r") -> str:
-        """A request id unique within this backend."""
+        """A request id unique within this backend (a server keeps ids per connection)."""
+        return f"{prefix}{next(self._ids)}"
 
     @abstractmethod
     def send(self, request: dict[str, Any]) -> str:

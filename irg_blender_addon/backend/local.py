@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import itertools
 import os
 import queue
 import signal
@@ -113,6 +112,7 @@ class BackendClient(Backend):
     def __init__(self, python: str | os.PathLike, model_dir: str | os.PathLike,
                  device: str = "auto", precision: str = "auto",
                  log_path: str | os.PathLike | None = None):
+        super().__init__()
         self.python = Path(python).expanduser() if python else Path("")
         self.model_dir = Path(model_dir).expanduser() if model_dir else Path("")
         self.device = device
@@ -121,17 +121,10 @@ class BackendClient(Backend):
         self.hang_timeout = HANG_TIMEOUT_S
         self.pong_timeout = PONG_TIMEOUT_S
         self.load_timeout = LOAD_TIMEOUT_S
-        self.ready_info: dict[str, Any] | None = None
-        self.returncode: int | None = None
         self.restarts = 0  # how many times a dead backend was started again
         self.watchdog_pings = 0  # pings sent because a request went quiet
-        self._state = "stopped"
         self._proc: subprocess.Popen | None = None
-        self._events: queue.Queue[dict[str, Any]] = queue.Queue()
-        self._reader: threading.Thread | None = None
-        self._ready_event = threading.Event()
         self._lock = threading.Lock()
-        self._ids = itertools.count(1)
         self._log_offset = 0
         self._reset_requests()
 
@@ -150,11 +143,6 @@ class BackendClient(Backend):
     def key(self) -> tuple[str, str, str, str]:
         """What identifies this backend in the registry."""
         return registry_key(self.python, self.model_dir, self.device, self.precision)
-
-    @property
-    def state(self) -> str:
-        """'stopped', 'starting' (loading the model), 'ready' or 'dead'."""
-        return self._state
 
     @property
     def pid(self) -> int | None:
@@ -234,10 +222,6 @@ class BackendClient(Backend):
         """Stop the backend (whatever it was doing) and start a new one."""
         self.stop()
         self.start()
-
-    def new_id(self, prefix: str = "r") -> str:
-        """A request id unique within this client."""
-        return f"{prefix}{next(self._ids)}"
 
     def send(self, request: dict[str, Any]) -> str:
         """Send one request (an `id` is added if missing); returns its id.

@@ -19,7 +19,6 @@ from __future__ import annotations
 import collections
 import hashlib
 import ipaddress
-import itertools
 import queue
 import socket
 import threading
@@ -84,19 +83,13 @@ class RemoteBackendClient(Backend):
     """One connection to an IRG Motion server speaking the JSON-lines protocol over TCP."""
 
     def __init__(self, url: str, token: str | None = None, timeout: float = CONNECT_TIMEOUT_S):
+        super().__init__()
         self.url = (url or "").strip()
         self._token = (token or "").strip() or None
         self.timeout = float(timeout)
-        self.ready_info: dict[str, Any] | None = None
-        self.returncode: int | None = None  # no process here; kept for BackendClient's interface
-        self.log_path = None                # likewise: the log is in memory (log_tail)
-        self._state = "stopped"
+        self.log_path = None  # no process here: the log is in memory (log_tail)
         self._sock: socket.socket | None = None
-        self._events: queue.Queue[dict[str, Any]] = queue.Queue()
-        self._reader: threading.Thread | None = None
-        self._ready_event = threading.Event()
         self._send_lock = threading.Lock()
-        self._ids = itertools.count(1)
         self._log: collections.deque[str] = collections.deque(maxlen=LOG_LINES)
         self._last_problem = ""
 
@@ -107,11 +100,6 @@ class RemoteBackendClient(Backend):
     def key(self) -> tuple[str, str, str]:
         """What identifies this server in the registry (the token only as a fingerprint)."""
         return "remote", self.url, _fingerprint(self._token)
-
-    @property
-    def state(self) -> str:
-        """'stopped', 'starting' (connected, waiting for the handshake), 'ready' or 'dead'."""
-        return self._state
 
     @property
     def pid(self) -> None:
@@ -180,10 +168,6 @@ class RemoteBackendClient(Backend):
         if self._state in ("starting", "ready") and self._sock is not None:
             return
         self.start()
-
-    def new_id(self, prefix: str = "r") -> str:
-        """A request id unique within this client (the server keeps ids per connection)."""
-        return f"{prefix}{next(self._ids)}"
 
     def send(self, request: dict[str, Any]) -> str:
         """Write one request (an `id` is added if missing); returns its id."""

@@ -379,7 +379,7 @@ _HANDLERS = ((bpy.app.handlers.load_post, _after_load), (bpy.app.handlers.load_p
 
 
 def register() -> None:
-    """Register the classes (after ui's: the panel is a child of IRG_PT_generate), attach the list
+    """Register the classes (after ui.generate: the panel is a child of IRG_PT_generate), attach the list
     to the Scene, install the load handlers."""
     register_classes(CLASSES)
     bpy.types.Scene.irg_batch = PointerProperty(type=IRG_PG_batch)
@@ -389,7 +389,7 @@ def register() -> None:
 
 
 def unregister() -> None:
-    """Undo register() (before ui's classes are unregistered)."""
+    """Undo register() (before ui.generate is unregistered)."""
     for handlers, func in _HANDLERS:
         if func in handlers:
             handlers.remove(func)
