@@ -46,7 +46,7 @@ from irg_blender_addon.backend import registry
 from irg_blender_addon.jobs import base as jobs
 from irg_blender_addon.jobs import generate as generate_jobs
 from irg_blender_addon.jobs import generate as generate_jobs
-from irg_blender_addon import settings
+from irg_blender_addon.settings import get_settings
 from irg_blender_addon.rig import armature as rig  # noqa: E402
 
 TIMER = jobs.TIMER_INTERVAL
@@ -119,7 +119,7 @@ def timed_run(settings: dict, preview: bool, replay: ReplayClient | None = None)
         job = generate_jobs.start_generation(bpy.context, PROMPT, preview=preview, **settings)
     else:
         job = generate_jobs.GenerateJob(replay, rig.find_target_armature(bpy.context).name, PROMPT,
-                               settings.get_settings(**settings), preview=preview)
+                               get_settings(**settings), preview=preview)
         jobs.manager.start(job, timer=False)
     kinds: list[str] = []
     poll = job.client.poll

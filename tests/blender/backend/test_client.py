@@ -88,8 +88,10 @@ def test_nothing_is_spawned_when_validation_fails(tmp_path):
     assert c.state == "stopped" and c.pid is None and c.poll() == []
 
 
-def test_python_without_backend_dies_with_one_clear_error(model_dir, tmp_path):
-    # This environment's Python (bpy + numpy, no torch, no model_backend installed) is not a backend.
+def test_python_without_backend_dies_with_one_clear_error(model_dir, tmp_path, monkeypatch):
+    # This environment's Python (bpy + numpy, no torch, no model_backend installed) is not a backend;
+    # a PYTHONPATH naming the checkout (as helpers set it) would lend it model_backend.
+    monkeypatch.delenv("PYTHONPATH", raising=False)
     c = BackendClient(sys.executable, model_dir, log_path=tmp_path / "backend.log")
     c.start()
     assert c.state == "starting" and isinstance(c.pid, int)

@@ -161,7 +161,8 @@ def test_default_folder_and_source(addon):
 
 # -- set up backend ----------------------------------------------------------------------------
 
-def test_set_up_backend_builds_the_environment_and_uses_it(addon, offline_pip, tmp_path):
+def test_set_up_backend_builds_the_environment_and_uses_it(addon, offline_pip, tmp_path, monkeypatch):
+    monkeypatch.delenv("PYTHONPATH", raising=False)  # the new environment must import its own stand-in
     project = standin_project(tmp_path / "project")
     env = tmp_path / "envs" / "backend-env"
     addon.backend_source, addon.torch_build, addon.backend_env_dir = str(project), "skip", str(env)
