@@ -87,7 +87,7 @@ def write_model_folder(out_dir: str | Path, *, llm: Any, generation: Any, tokeni
         (work / HELDOUT_FILE).write_text(json.dumps(heldout, indent=2) + "\n", encoding="utf-8")
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION,
-            "name": f"{name}: demo model trained on the Bandai Namco Research Motion Dataset",
+            "name": f"{name} (demo model, Bandai Namco Research Motion Dataset)",
             "stage": 2, "dataset": HUMANML3D.name, "feature_size": HUMANML3D.feature_size,
             "num_joints": HUMANML3D.num_joints, "fps": HUMANML3D.fps, "fixture": False, "seed": seed,
             "vqvae": {"file": "vqvae.safetensors", **hparams},

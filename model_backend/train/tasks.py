@@ -98,11 +98,6 @@ def _motion_answer(tokenizer: Any, codes: Sequence[int]) -> list[int]:
     return P.motion_span_ids(tokenizer, codes)[1:]
 
 
-def _generate_block(tokenizer: Any, codes: Sequence[int]) -> list[int]:
-    return (_text(tokenizer, "[generate]") + P.motion_span_ids(tokenizer, codes) + _text(tokenizer, "[/generate]")
-            + _text(tokenizer, "\n"))
-
-
 # ---------------------------------------------------------------- one task each
 
 def direct_example(tokenizer: Any, caption: str, codes: Sequence[int]) -> Example:
@@ -152,7 +147,7 @@ def trace_example(tokenizer: Any, caption: str, analysis: str,
     for n, (codes, critique, refinement) in enumerate(rounds):
         if n:
             ids += P.block_ids(tokenizer, "plan", P.PLAN_REFINE)
-        ids += _generate_block(tokenizer, codes) + P.block_ids(tokenizer, "plan", P.PLAN_ASSESS)
+        ids += P.generate_block_ids(tokenizer, codes) + P.block_ids(tokenizer, "plan", P.PLAN_ASSESS)
         ids += P.block_ids(tokenizer, "assess", P.assessment_text(critique, refinement, tokenizer))
     ids += P.block_ids(tokenizer, "plan", P.PLAN_FINISH) + _text(tokenizer, P.THINK_CLOSE) + _eos(tokenizer)
     return Example("trace", tuple(P.interleaved_prompt_ids(tokenizer, caption)), tuple(ids))

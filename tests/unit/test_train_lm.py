@@ -77,7 +77,12 @@ def test_one_short_epoch_writes_a_folder_the_engine_runs(bvh_dir, vq_dir, tmp_pa
         assert events[-1]["event"] == "done"
         motions = [e for e in events if e["event"] == "motion"]
         assert motions and all(len(m["tokens"]) >= 2 for m in motions)
-        assert np.isfinite(np.asarray(motions[-1]["tokens"])).all()
+        assert not any("knows only" in w for w in events[-1]["warnings"])
+    events = []  # a prompt outside its vocabulary: a clear note, and still a motion
+    engine.generate("a person does a backflip", mode="direct", emit=events.append, cancel=threading.Event())
+    note = [w for w in events[-1]["warnings"] if "knows only" in w]
+    assert note and "run, walk" in note[0] and "names none of them" in note[0]
+    assert [e["event"] for e in events].count("motion") == 1
 
 
 def test_the_same_seed_gives_the_same_weights(bvh_dir, vq_dir, tmp_path):
