@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -22,7 +22,8 @@ from ..wire.manifest import (FORMAT, FORMAT_VERSION, MANIFEST_NAME, ModelFolderE
 from ..rig_math.skeleton import Skeleton, skeleton_for
 from ..llm.vocab import MotionVocab, add_motion_tokens
 
-__all__ = ["make_fixture", "build_tokenizer", "build_base_tokenizer", "feature_statistics", "fixture_corpus"]
+__all__ = ["make_fixture", "build_tokenizer", "build_base_tokenizer", "build_llm", "save_llm", "feature_statistics",
+           "fixture_corpus", "check_replaceable", "swap_into_place"]
 
 # Gemma-2 puts these at ids 0..3 and stops on <eos> and <end_of_turn>; the fixture does too.
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>")
@@ -72,8 +73,8 @@ def fixture_corpus() -> list[str]:
     return lines
 
 
-def build_base_tokenizer() -> Any:
-    """A byte-level BPE tokenizer trained on `fixture_corpus()`, Gemma-like, without motion tokens.
+def build_base_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = TOKENIZER_VOCAB_SIZE) -> Any:
+    """A byte-level BPE tokenizer trained on `corpus` (default `fixture_corpus()`), Gemma-like, without motion tokens.
 
     Byte-level, so any text round-trips; BOS is added on encode like Gemma's tokenizer;
     special tokens take ids 0..5 (`<pad>`, `<eos>`, `<bos>`, `<unk>`, `<start_of_turn>`,
@@ -85,9 +86,9 @@ def build_base_tokenizer() -> Any:
     core = Tokenizer(models.BPE(unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=TOKENIZER_VOCAB_SIZE, special_tokens=list(SPECIAL_TOKENS),
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    core.train_from_iterator(fixture_corpus(), trainer)
+    core.train_from_iterator(fixture_corpus() if corpus is None else corpus, trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
         unk_token="<unk>", add_bos_token=True, add_eos_token=False,
@@ -95,23 +96,27 @@ def build_base_tokenizer() -> Any:
     return tokenizer
 
 
-def build_tokenizer() -> Any:
-    """The fixture tokenizer: `build_base_tokenizer()` plus the 514 motion tokens, in order."""
-    tokenizer = build_base_tokenizer()
+def build_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = TOKENIZER_VOCAB_SIZE) -> Any:
+    """`build_base_tokenizer(corpus, vocab_size)` plus the 514 motion tokens, in order."""
+    tokenizer = build_base_tokenizer(corpus, vocab_size)
     add_motion_tokens(tokenizer)
     return tokenizer
 
 
-def _build_llm(tokenizer: Any, seed: int, hidden_size: int, num_layers: int) -> tuple[Any, Any]:
-    """A tiny Gemma2ForCausalLM (fp32, random weights from the seed) and its generation config."""
+def build_llm(tokenizer: Any, seed: int, hidden_size: int, num_layers: int, *, heads: int = 4,
+              kv_heads: int = 2, head_dim: int | None = None, intermediate_size: int | None = None) -> tuple[Any, Any]:
+    """A small Gemma2ForCausalLM (fp32, random weights from the seed) and its generation config.
+
+    Gemma-2's real architecture (soft-capping, sliding window, tied embeddings) at any size;
+    `head_dim` defaults to hidden_size / heads, `intermediate_size` to 2 x hidden_size.
+    """
     import torch
     from transformers import Gemma2Config, Gemma2ForCausalLM, GenerationConfig
 
-    heads, kv_heads = 4, 2
-    head_dim = max(hidden_size // heads, 8)
+    head_dim = head_dim or max(hidden_size // heads, 8)
     eos_ids = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<end_of_turn>")]
     config = Gemma2Config(
-        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size or 2 * hidden_size,
         num_hidden_layers=num_layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
         head_dim=head_dim, query_pre_attn_scalar=head_dim, max_position_embeddings=8192,
         sliding_window=4096, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
@@ -173,22 +178,23 @@ def _manifest(skeleton: Skeleton, seed: int, stage: int, vqvae: Any, vocab: Moti
     }
 
 
-def _check_replaceable(out_dir: Path) -> None:
-    """Refuse to replace anything but an empty folder or an earlier fixture."""
+def check_replaceable(out_dir: Path, ours: Callable[[dict[str, Any]], bool] = lambda m: m["fixture"] is True,
+                      what: str = "a fixture model folder", command: str = "irg-motion make-fixture") -> None:
+    """Refuse to replace anything but an empty folder or one whose manifest `ours` accepts."""
     if not out_dir.exists():
         return
     if not out_dir.is_dir():
-        raise ModelFolderError(f"{out_dir} exists and is not a folder: choose another path for the fixture")
+        raise ModelFolderError(f"{out_dir} exists and is not a folder: choose another path for `{command}`")
     if not any(out_dir.iterdir()):
         return
     if (out_dir / MANIFEST_NAME).is_file():
         try:
-            if read_manifest(out_dir, check_files=False)["fixture"] is True:
+            if ours(read_manifest(out_dir, check_files=False)):
                 return
         except ModelFolderError:
             pass
-    raise ModelFolderError(f"{out_dir} is not empty and is not a fixture model folder: refusing to overwrite "
-                           "it; choose an empty or new folder for `irg-motion make-fixture`")
+    raise ModelFolderError(f"{out_dir} is not empty and is not {what}: refusing to overwrite "
+                           f"it; choose an empty or new folder for `{command}`")
 
 
 def make_fixture(out_dir: str | Path, seed: int = 0, *, dataset: str = "HumanML3D", stage: int = 2,
@@ -208,29 +214,29 @@ def make_fixture(out_dir: str | Path, seed: int = 0, *, dataset: str = "HumanML3
         raise ValueError(f"seed must be a non-negative integer, not {seed!r}")
     skeleton = skeleton_for(dataset)
     out_dir = Path(out_dir).expanduser().absolute()
-    _check_replaceable(out_dir)
+    check_replaceable(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
     try:
         with torch.random.fork_rng(devices=[]):  # leave the caller's RNG as it was
             tokenizer = build_tokenizer()
-            llm, generation = _build_llm(tokenizer, seed, hidden_size, num_layers)
+            llm, generation = build_llm(tokenizer, seed, hidden_size, num_layers)
             vqvae = _build_vqvae(skeleton, seed, vq_width)
-        _save_llm(work / "llm", llm, generation, tokenizer)
+        save_llm(work / "llm", llm, generation, tokenizer)
         save_vqvae(vqvae, work / "vqvae.safetensors")
         mean, std = feature_statistics(skeleton, seed)
         np.save(work / "mean.npy", mean)
         np.save(work / "std.npy", std)
         write_manifest(work, _manifest(skeleton, seed, stage, vqvae, MotionVocab.from_tokenizer(tokenizer)))
         make_readable(work)
-        _swap_into_place(work, out_dir)
+        swap_into_place(work, out_dir)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
     return out_dir
 
 
-def _save_llm(llm_dir: Path, llm: Any, generation: Any, tokenizer: Any) -> None:
+def save_llm(llm_dir: Path, llm: Any, generation: Any, tokenizer: Any) -> None:
     """save_pretrained the model (safetensors, fp32), its generation config and tokenizer."""
     from ..llm.loader import hf_progress_bars_off
 
@@ -240,7 +246,7 @@ def _save_llm(llm_dir: Path, llm: Any, generation: Any, tokenizer: Any) -> None:
     tokenizer.save_pretrained(llm_dir)
 
 
-def _swap_into_place(work: Path, out_dir: Path, attempts: int = 3) -> None:
+def swap_into_place(work: Path, out_dir: Path, attempts: int = 3) -> None:
     """Rename the finished folder to `out_dir`, moving an old fixture aside first.
 
     Retried: another process building the same fixture may put a folder there in between.

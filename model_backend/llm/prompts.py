@@ -41,7 +41,7 @@ __all__ = [
     "interleaved_user", "generate_user", "analyse_user", "assess_user", "instruction_user",
     "refine_user", "caption_user", "prompt_ids", "interleaved_prompt_ids", "analysis_prefix_ids",
     "injected_trace_ids", "forced_generate_ids", "analyse_ids", "assess_ids", "instruction_ids",
-    "refine_ids", "caption_ids", "block_ids", "motion_span_ids", "piece_ids",
+    "refine_ids", "caption_ids", "block_ids", "generate_block_ids", "motion_span_ids", "piece_ids",
 ]
 
 SYSTEM = "You are an assistant who helps users understand or generate 3D human motion representations."
@@ -273,6 +273,12 @@ def block_ids(tokenizer: Any, tag: str, text: str, newline: bool = True) -> list
     return ids + piece_ids(tokenizer, "\n") if newline else ids
 
 
+def generate_block_ids(tokenizer: Any, codes: Iterable[int]) -> list[int]:
+    """A trace's motion block: `[generate]`, `<Motion>` codes `</Motion>`, `[/generate]`, `\n`."""
+    return (piece_ids(tokenizer, "[generate]") + motion_span_ids(tokenizer, codes)
+            + piece_ids(tokenizer, "[/generate]") + piece_ids(tokenizer, "\n"))
+
+
 def interleaved_prompt_ids(tokenizer: Any, caption: str) -> list[int]:
     """Ids of the interleaved generation prompt (the model writes the trace after it)."""
     return prompt_ids(tokenizer, interleaved_user(caption, tokenizer))
@@ -296,8 +302,7 @@ def injected_trace_ids(tokenizer: Any, caption: str, analysis: str, codes: Itera
     ids = (interleaved_prompt_ids(tokenizer, caption) + piece_ids(tokenizer, THINK_OPEN)
            + block_ids(tokenizer, "plan", PLAN_ANALYZE) + block_ids(tokenizer, "analyze", analysis_clean)
            + block_ids(tokenizer, "plan", PLAN_GENERATE)
-           + piece_ids(tokenizer, "[generate]") + motion_span_ids(tokenizer, codes)
-           + piece_ids(tokenizer, "[/generate]") + piece_ids(tokenizer, "\n")
+           + generate_block_ids(tokenizer, codes)
            + block_ids(tokenizer, "plan", PLAN_ASSESS) + piece_ids(tokenizer, "[assess]"))
     if assessment is None and refinement is None:
         return ids
