@@ -37,6 +37,7 @@ from __future__ import annotations
 import inspect
 import math
 import platform
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -259,6 +260,7 @@ class Engine:
         _check_int("max_new_tokens", max_new_tokens, 1, MAX_NEW_TOKENS)
         _check_int("max_motion_tokens", max_motion_tokens, MIN_MOTION_TOKENS, MAX_MOTION_TOKENS)
         req = self._request(emit, cancel, temperature, top_p, seed)
+        self._note_vocabulary(req, prompt)
         if mode == "interleaved":
             ids = self._ids(P.interleaved_prompt_ids, prompt)
             budget = self._budget(max_new_tokens, len(ids))
@@ -281,6 +283,7 @@ class Engine:
         codes = self._codes(tokens)
         _check_int("max_new_tokens", max_new_tokens, 1, MAX_NEW_TOKENS)
         req = self._request(emit, cancel, temperature, top_p, seed)
+        self._note_vocabulary(req, prompt)
         self._warn_long(req, codes)
         if form == "interleaved":  # the trace around the motion must fit, or fail before emitting anything
             self._budget(max_new_tokens, len(self._ids(P.injected_trace_ids, prompt, "", codes)))
@@ -318,6 +321,7 @@ class Engine:
                 raise EngineError("bad_request", "the instruction is empty: say how the motion should change, "
                                                  "or send null to let the model decide")
         req = self._request(emit, cancel, temperature, top_p, seed)
+        self._note_vocabulary(req, prompt)
         self._warn_long(req, codes)
         if form == "stage1":
             self._ids(P.forced_generate_ids, prompt)  # a bad prompt fails before any event
@@ -650,6 +654,18 @@ class Engine:
             raise EngineError("bad_request", f"tokens must be a non-empty list of codebook indices "
                                              f"0..{self.vocab.count - 1}")
         return [int(k) for k in codes]
+
+    def _note_vocabulary(self, req: _Request, prompt: str) -> None:
+        """A model trained on a few motions (a manifest `vocabulary`, e.g. the demo model) warns when
+        the prompt names none of them: the motion will show the nearest one it knows."""
+        known = (self.manifest.get("vocabulary") or {}).get("labels")
+        if not isinstance(known, dict) or not known:
+            return
+        words = set(re.findall(r"[a-z]+", str(prompt).lower()))
+        if any(words & set(names) for names in known.values()):
+            return
+        req.warn(f"this model ({self.manifest.get('name', self.model_dir.name)}) knows only these motions: "
+                 f"{', '.join(known)}; the prompt names none of them, so expect the nearest one it knows")
 
     @staticmethod
     def _warn_long(req: _Request, codes: list[int]) -> None:
