@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: all envs test demo fixture bench clean distclean
+.PHONY: all envs test demo fixture demo-model bench clean distclean
 
 all: envs
 
@@ -63,6 +63,19 @@ demo: envs
 	fi; \
 	$(VENV_BPY50)/bin/python tools/demo.py --prompt "$(PROMPT)" --model "$$model" \
 	  --backend-python "$(CURDIR)/$(VENV_BACKEND)/bin/python" --out out/demo.blend
+
+# The demo model (presets/models/irg-tiny) rebuilt from the public Bandai Namco Research Motion
+# Dataset: dataset cache, VQ-VAE and motion tokens, then the LLM; one progress bar per stage,
+# deterministic for SEED. Intermediate files go to DEMO_WORK; the model folder to DEMO_OUT.
+DATA      ?=
+SEED      ?= 0
+DEMO_WORK ?= out/demo-model
+DEMO_OUT  ?= $(DEMO_WORK)/irg-tiny
+demo-model: $(VENV_BACKEND)/.ok
+	@test -n "$(DATA)" || { echo "usage: make demo-model DATA=<clone of" \
+	  "github.com/BandaiNamcoResearchInc/Bandai-Namco-Research-Motiondataset> [SEED=0]"; exit 2; }
+	$(VENV_BACKEND)/bin/python -m model_backend.train all "$(DATA)" --work "$(DEMO_WORK)" \
+	  --out "$(DEMO_OUT)" --seed $(SEED)
 
 fixture: $(VENV_BACKEND)/.ok
 	$(VENV_BACKEND)/bin/python -m model_backend make-fixture $(FIXTURE_DIR) --seed 0

@@ -17,14 +17,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..manifest import FORMAT, FORMAT_VERSION, VQVAE_KEYS, created_by, make_readable, write_manifest
-from ..skeleton import HUMANML3D
-from ..vocab import MotionVocab
+from ..wire.manifest import FORMAT, FORMAT_VERSION, VQVAE_KEYS, created_by, make_readable, write_manifest
+from ..rig_math.skeleton import HUMANML3D
+from ..llm.vocab import MotionVocab
 from . import captions as C
 
 __all__ = ["write_model_folder", "vq_hparams", "vocabulary_entry", "HELDOUT_FILE", "DATASET_URL"]
 
 HELDOUT_FILE = "heldout_prompts.json"
+COMMAND = "train-demo"   # the manifest's created_by ends with it
 DATASET_URL = "https://github.com/BandaiNamcoResearchInc/Bandai-Namco-Research-Motiondataset"
 VQ_FILES = ("vqvae.safetensors", "mean.npy", "std.npy")
 
@@ -41,19 +42,6 @@ def vq_hparams(vq_dir: Path) -> dict[str, int]:
                             "write it with the VQ-VAE stage (model_backend.train.vq_train)")
 
 
-def _check_replaceable(out_dir: Path) -> None:
-    """Refuse to replace anything but an empty folder or an earlier demo model."""
-    if not out_dir.exists() or (out_dir.is_dir() and not any(out_dir.iterdir())):
-        return
-    try:
-        made_by = json.loads((out_dir / "manifest.json").read_text(encoding="utf-8")).get("created_by", "")
-    except (OSError, ValueError):
-        made_by = ""
-    if not str(made_by).endswith("train-demo"):
-        raise FileExistsError(f"{out_dir} is not empty and is not a demo model folder: refusing to overwrite it; "
-                              "choose an empty or new folder")
-
-
 def vocabulary_entry(contents: Sequence[str], styles: Sequence[str]) -> dict[str, Any]:
     """The manifest's `vocabulary`: label -> the words that name it, the styles, and how to read it."""
     return {"labels": {c: C.keywords(c) for c in contents},
@@ -68,10 +56,11 @@ def write_model_folder(out_dir: str | Path, *, llm: Any, generation: Any, tokeni
     """Write the complete folder to `out_dir` (built aside and renamed into place); return its path."""
     import torch
 
-    from ..fixture import _swap_into_place, save_llm
+    from ..convert.fixture import check_replaceable, save_llm, swap_into_place
 
     out_dir = Path(out_dir).expanduser().absolute()
-    _check_replaceable(out_dir)
+    check_replaceable(out_dir, lambda m: str(m.get("created_by", "")).endswith(COMMAND), "a demo model folder",
+                      "python -m model_backend.train")
     vq_dir = Path(vq_dir)
     missing = [f for f in VQ_FILES if not (vq_dir / f).is_file()]
     if missing:
@@ -93,7 +82,7 @@ def write_model_folder(out_dir: str | Path, *, llm: Any, generation: Any, tokeni
             "vqvae": {"file": "vqvae.safetensors", **hparams},
             "motion_tokens": MotionVocab.from_tokenizer(tokenizer).to_manifest(),
             "sources": [{"role": "training_data", "url": DATASET_URL, "license": "CC BY-NC 4.0"}],
-            "created_by": created_by("train-demo"),
+            "created_by": created_by(COMMAND),
             "dtype": "bfloat16", "parameters": int(sum(p.numel() for p in llm.parameters())),
             "stock_tokenizer": False,
             "vocabulary": vocabulary_entry(contents, styles),
@@ -101,7 +90,7 @@ def write_model_folder(out_dir: str | Path, *, llm: Any, generation: Any, tokeni
         }
         write_manifest(work, manifest)
         make_readable(work)
-        _swap_into_place(work, out_dir)
+        swap_into_place(work, out_dir)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

@@ -34,8 +34,8 @@ class LLMConfig:
     kv_heads: int = 2
     head_dim: int = 64
     intermediate_size: int = 768
-    epochs: int = 4
-    examples_per_epoch: int = 3000
+    epochs: int = 3
+    examples_per_epoch: int = 2500
     batch_tokens: int = 3072
     lr: float = 3e-3
     warmup_steps: int = 60
@@ -117,7 +117,7 @@ def train_llm(tokenizer: Any, clips: Sequence[T.Clip], config: LLMConfig, progre
     """Build and train the LLM on examples from `clips`; return (model, generation config, result)."""
     from tqdm import tqdm
 
-    from ..fixture import build_llm
+    from ..convert.fixture import build_llm
 
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)

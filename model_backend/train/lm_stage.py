@@ -41,7 +41,7 @@ def load_token_clips(path: str | Path) -> list[T.Clip]:
 
 def build_demo_tokenizer(contents: Sequence[str], styles: Sequence[str]) -> Any:
     """The demo tokenizer: Gemma-like BPE on `tasks.tokenizer_corpus`, then the 514 motion tokens in order."""
-    from ..fixture import build_tokenizer
+    from ..convert.fixture import build_tokenizer
 
     return build_tokenizer(T.tokenizer_corpus(contents, styles), TOKENIZER_VOCAB)
 

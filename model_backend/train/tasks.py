@@ -25,7 +25,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .. import prompts as P
+from ..llm import prompts as P
 from . import captions as C
 
 __all__ = ["Clip", "Example", "TASK_WEIGHTS", "MAX_MOTION_TOKENS", "direct_example", "caption_example",

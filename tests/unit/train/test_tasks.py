@@ -6,12 +6,12 @@ import random
 
 import pytest
 
-from model_backend import prompts as P
-from model_backend.trace import TextDecoder, TraceParser
+from model_backend.llm import prompts as P
+from model_backend.llm.trace import TextDecoder, TraceParser
 from model_backend.train import captions as C
 from model_backend.train import tasks as T
 from model_backend.train.lm_stage import build_demo_tokenizer
-from model_backend.vocab import MotionVocab
+from model_backend.llm.vocab import MotionVocab
 
 CONTENTS = ["walk", "run", "wave-left-hand", "wave-right-hand"]
 STYLES = ["normal", "tired"]

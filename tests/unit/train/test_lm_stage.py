@@ -12,9 +12,9 @@ import threading
 import numpy as np
 import pytest
 
-from model_backend.engine import Engine
-from model_backend.fixture import make_fixture
-from model_backend.manifest import read_manifest
+from model_backend.llm.engine import Engine
+from model_backend.convert.fixture import make_fixture
+from model_backend.wire.manifest import read_manifest
 from model_backend.train import tasks as T
 from model_backend.train.folder import HELDOUT_FILE
 from model_backend.train.llm import LLMConfig
@@ -31,9 +31,9 @@ def vq_dir(tmp_path_factory):
 
 def bvh_clips(bvh_dir, vq_dir) -> list[T.Clip]:
     """Eight labelled windows of the motion tokens of the shared SMPL BVH capture (fixture VQ-VAE)."""
-    from model_backend.bvh import BVH_NAMES, bvh_positions, read_bvh
-    from model_backend.codec import MotionCodec
-    from model_backend.skeleton import HUMANML3D, to_blender
+    from model_backend.motion.bvh import BVH_NAMES, bvh_positions, read_bvh
+    from model_backend.vq.codec import MotionCodec
+    from model_backend.rig_math.skeleton import HUMANML3D, to_blender
 
     data = read_bvh(bvh_dir / "smpl22_template.bvh")
     order = [data.names.index(BVH_NAMES[n]) for n in HUMANML3D.joint_names]
