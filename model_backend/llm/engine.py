@@ -49,6 +49,7 @@ import torch
 
 from . import prompts as P
 from .constraints import MAX_MOTION_TOKENS, MotionConstraint
+from ..wire.limits import DEFAULT_CONTEXT, MAX_MOTION_TOKENS_IN, MAX_PROMPT_TOKENS, LimitError, check
 from ..wire.protocol import encode_array
 from .trace import (Assessment, BlockEnd, MotionChunk, MotionSpan, TextDecoder, TextDelta, TraceParser, TraceResult,
                     split_assessment)
@@ -66,7 +67,10 @@ ANALYSIS_TOKENS = 300      # cap for the model's own analysis before an injected
 PREVIEW_EVERY = 8          # motion tokens between two previews
 TRAINED_MOTION_TOKENS = 50  # longer given motions work but are outside training
 MAX_ROUNDS = 20            # training traces hold at most 5 motions; more rounds are allowed, not useful
-MAX_NEW_TOKENS = 1 << 16   # upper bound of a request's max_new_tokens
+MAX_NEW_TOKENS = 1 << 16   # upper bound of a request's max_new_tokens (the model's context bounds it further)
+PREFILL_CHUNK = 256        # prompt tokens per prefill step: cancel is checked between steps, and attention
+                           # holds chunk x sequence scores at once instead of sequence x sequence
+MEMORY_MARGIN = 1.25       # the memory estimate of a sequence, times this, must be free before its prefill
 GENERIC_INSTRUCTION = "Improve the alignment between the motion and the goal text."
 
 
@@ -118,44 +122,118 @@ def _cache_kwarg(model: Any) -> str:
 
 def stream_tokens(model: Any, prompt_ids: Sequence[int], *, max_new_tokens: int, eos_ids: Iterable[int],
                   sampler: Sampler | None = None, processor: Callable | None = None,
-                  cancel: threading.Event | None = None,
-                  on_token: Callable[[int], str | None] | None = None) -> tuple[list[int], str]:
+                  cancel: threading.Event | None = None, on_token: Callable[[int], str | None] | None = None,
+                  prefill_chunk: int = PREFILL_CHUNK) -> tuple[list[int], str]:
     """Generate after `prompt_ids` one token at a time with the KV cache; return (new ids, stop reason).
 
-    Stops with `cancelled` (checked before every step), `eos` (the eos id is not returned),
-    `max_tokens`, or the reason `on_token(id)` returns. `processor(input_ids, scores)`
-    constrains the logits as a transformers LogitsProcessor would.
+    Stops with `cancelled` (checked before every prefill chunk and every step), `eos` (the
+    eos id is not returned), `max_tokens`, or the reason `on_token(id)` returns.
+    `processor(input_ids, scores)` constrains the logits as a transformers LogitsProcessor
+    would. New tokens never run past the model's context. Before anything runs, the memory
+    the whole sequence needs is compared with what is free: EngineError `too_long` when it
+    does not fit ("too long for this machine" is an answer, not a kill). The prompt is
+    prefilled in chunks of `prefill_chunk` tokens.
     """
     sampler = sampler or Sampler()
     eos = {int(i) for i in eos_ids}
     device = next(model.parameters()).device
+    max_new_tokens = min(max_new_tokens, context_length(model) - len(prompt_ids))
+    if max_new_tokens < 1:
+        raise EngineError("too_long", f"the prompt takes {len(prompt_ids)} tokens, and the model attends to "
+                                      f"{context_length(model)}: shorten the prompt or the motion")
+    check_memory(model, len(prompt_ids) + max_new_tokens)
     ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
-    key = _cache_kwarg(model)
+    step = _Stepper(model, device)
     new: list[int] = []
     with torch.inference_mode():
-        step_input, cache, position = ids, None, 0
-        for _ in range(max_new_tokens):
+        for start in range(0, ids.shape[1], prefill_chunk):
             if cancel is not None and cancel.is_set():
                 return new, "cancelled"
-            positions = torch.arange(position, position + step_input.shape[1], device=device)[None]
-            out = model(input_ids=step_input, position_ids=positions, use_cache=True, logits_to_keep=1,
-                        **{key: cache})
-            cache = getattr(out, key)
-            position += step_input.shape[1]
-            scores = out.logits[:, -1, :].float()
+            logits = step(ids[:, start:start + prefill_chunk])
+        for index in range(max_new_tokens):
+            if index and cancel is not None and cancel.is_set():
+                return new, "cancelled"
+            if index:
+                logits = step(ids[:, -1:])
+            scores = logits.float()
             if processor is not None:
                 scores = processor(ids, scores)
             token = sampler.choose(scores[0])
             if token in eos:
                 return new, "eos"
             new.append(token)
-            step_input = torch.tensor([[token]], dtype=torch.long, device=device)
-            ids = torch.cat([ids, step_input], dim=1)
+            ids = torch.cat([ids, torch.tensor([[token]], dtype=torch.long, device=device)], dim=1)
             if on_token is not None:
                 reason = on_token(token)
                 if reason:
                     return new, reason
     return new, "max_tokens"
+
+
+class _Stepper:
+    """One forward step over new ids with the KV cache: the logits of the last position."""
+
+    def __init__(self, model: Any, device: Any) -> None:
+        self.model, self.device = model, device
+        self.key = _cache_kwarg(model)
+        self.cache: Any = None
+        self.position = 0
+
+    def __call__(self, step_input: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(self.position, self.position + step_input.shape[1], device=self.device)[None]
+        out = self.model(input_ids=step_input, position_ids=positions, use_cache=True, logits_to_keep=1,
+                         **{self.key: self.cache})
+        self.cache = getattr(out, self.key)
+        self.position += step_input.shape[1]
+        return out.logits[:, -1, :]
+
+
+def context_length(model: Any) -> int:
+    """The positions the model attends to (config.max_position_embeddings; Gemma-2: 8192)."""
+    return int(getattr(model.config, "max_position_embeddings", None) or DEFAULT_CONTEXT)
+
+
+def sequence_bytes(config: Any, positions: int, element_bytes: int = 4) -> int:
+    """Memory one sequence of `positions` needs beyond the weights: the KV cache of every layer,
+    plus one prefill chunk's eager-attention scores (fp32, with the softmax copy) and MLP
+    activations, plus the last logits."""
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    chunk = min(PREFILL_CHUNK, positions)
+    cache = 2 * config.num_hidden_layers * kv_heads * head_dim * positions * element_bytes
+    scores = 2 * heads * chunk * positions * 4
+    activations = chunk * (3 * config.intermediate_size + 8 * config.hidden_size) * 4
+    return cache + scores + activations + 2 * config.vocab_size * 4
+
+
+def free_bytes(device: Any) -> int:
+    """Memory this process can still take on `device`: free GPU memory, or available RAM
+    capped by the address-space limit (RLIMIT_AS) when one is set."""
+    if str(device).startswith("cuda"):
+        return int(torch.cuda.mem_get_info(device)[0])
+    import resource
+
+    import psutil
+
+    free = psutil.virtual_memory().available
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit != resource.RLIM_INFINITY:
+        free = min(free, limit - psutil.Process().memory_info().vms)
+    return int(free)
+
+
+def check_memory(model: Any, positions: int) -> None:
+    """EngineError `too_long` when a sequence of `positions` needs more memory than is free."""
+    device = next(model.parameters()).device
+    dtype = getattr(model, "dtype", torch.float32)
+    need = int(sequence_bytes(model.config, positions, max(2, torch.finfo(dtype).bits // 8)
+                              if dtype.is_floating_point else 4) * MEMORY_MARGIN)
+    free = free_bytes(device)
+    if need > free:
+        raise EngineError("too_long", f"this request needs about {need / 1e9:.2f} GB for its {positions} positions "
+                                      f"but only {free / 1e9:.2f} GB is free on this machine: shorten the prompt "
+                                      "or the motion, lower max_new_tokens, or free memory")
 
 
 # ---------------------------------------------------------------- one request
@@ -223,6 +301,7 @@ class Engine:
         self.vocab: MotionVocab = self.llm.vocab
         self.manifest = self.llm.manifest
         self.eos_ids = list(self.llm.eos_ids)
+        self.prefill_chunk = PREFILL_CHUNK
 
     # ------------------------------------------------------------ facts
 
@@ -243,6 +322,23 @@ class Engine:
             "device": {"type": device.split(":")[0], "name": name, "precision": self.llm.precision,
                        "why": self.llm.why},
         }
+
+    @property
+    def context_length(self) -> int:
+        """The positions the model attends to: a request's max_new_tokens may not exceed it."""
+        return context_length(self.model)
+
+    def check_request(self, args: dict[str, Any]) -> None:
+        """Refuse (EngineError `bad_request`) a request whose text is longer than MAX_PROMPT_TOKENS
+        tokens after sanitising; cheap, so the server calls it before queueing."""
+        for name in ("prompt", "instruction"):
+            text = args.get(name)
+            if isinstance(text, str):
+                count = len(P.piece_ids(self.tokenizer, P.sanitize_user_text(text, self.tokenizer)))
+                try:
+                    check(f'"{name}"', count, MAX_PROMPT_TOKENS, "MAX_PROMPT_TOKENS", " tokens")
+                except LimitError as exc:
+                    raise EngineError("bad_request", str(exc)) from None
 
     @property
     def stage(self) -> int:
@@ -529,7 +625,8 @@ class Engine:
             return handle(self._feed(parser, decoder, token))
 
         _new, stop = stream_tokens(self.model, ids, max_new_tokens=budget, eos_ids=self.eos_ids,
-                                   sampler=req.sampler, processor=constraint, cancel=req.cancel, on_token=on_token)
+                                   sampler=req.sampler, processor=constraint, cancel=req.cancel, on_token=on_token,
+                                   prefill_chunk=self.prefill_chunk)
         handle(parser.feed_text(decoder.flush()))
         open_text = parser.block_text if parser.section == "assess" else ""
         result = parser.finish(stop)
@@ -572,7 +669,8 @@ class Engine:
             self._text_event(req, section, decoder.push(token), round_, parts)
 
         _new, stop = stream_tokens(self.model, ids, max_new_tokens=budget, eos_ids=self.eos_ids,
-                                   sampler=req.sampler, processor=constraint, cancel=req.cancel, on_token=on_token)
+                                   sampler=req.sampler, processor=constraint, cancel=req.cancel, on_token=on_token,
+                                   prefill_chunk=self.prefill_chunk)
         self._text_event(req, section, decoder.flush(), round_, parts)
         return "".join(parts), stop
 
@@ -650,6 +748,9 @@ class Engine:
             codes = list(np.asarray(tokens).ravel()) if isinstance(tokens, np.ndarray) else list(tokens)
         except TypeError:
             codes = []
+        if len(codes) > MAX_MOTION_TOKENS_IN:
+            raise EngineError("bad_request", f"the motion has {len(codes)} tokens, more than the bound "
+                                             f"MAX_MOTION_TOKENS_IN = {MAX_MOTION_TOKENS_IN} (docs/protocol.md#bounds)")
         if not codes or not all(_is_int(k) and 0 <= int(k) < self.vocab.count for k in codes):
             raise EngineError("bad_request", f"tokens must be a non-empty list of codebook indices "
                                              f"0..{self.vocab.count - 1}")

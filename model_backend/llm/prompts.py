@@ -19,9 +19,9 @@ Decisions (documented here because the doc leaves them open):
   substitution, so a caption ending in `.` gives one full stop; `...` becomes `..`.
 * User text (captions, instructions, model text written back into a trace) is
   sanitised by REMOVING every special token string (the 514 motion tokens, Gemma's
-  control tokens, and whatever the tokenizer marks special), repeated until none is
-  left (removal can join two halves into a new one), then whitespace runs become one
-  space. Removal, not escaping: these strings mean nothing in a caption, and a prompt
+  control tokens, and whatever the tokenizer marks special) until none is left (removal
+  can join two halves into a new one), in one linear pass, then whitespace runs become
+  one space. Removal, not escaping: these strings mean nothing in a caption, and a prompt
   tokenised as one string cannot hold them as plain text. Every id builder also
   checks its result: the only special ids are the BOS and the motion ids it placed.
 """
@@ -72,10 +72,12 @@ THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 BLOCKS = ("plan", "analyze", "generate", "assess")
 
-# Always removed from user text, whatever the tokenizer: the motion tokens (any index, so
-# `<Motion_999>` cannot slip through either) and Gemma's control tokens.
-_BUILTIN_SPECIALS = re.compile(
-    r"</?Motion(?:_\d+)?>|<(?:bos|eos|pad|unk|mask|start_of_turn|end_of_turn|unused\d+)>|\[@BOS@\]")
+# Always removed from user text, whatever the tokenizer: the motion tokens (any index up to
+# 12 digits, so `<Motion_999>` cannot slip through either) and Gemma's control tokens.
+_MAX_DIGITS = 12
+_BUILTIN_SPECIALS = (r"</?Motion(?:_\d{1,%d})?>|<(?:bos|eos|pad|unk|mask|start_of_turn|end_of_turn|unused\d{1,%d})>"
+                     r"|\[@BOS@\]") % (_MAX_DIGITS, _MAX_DIGITS)
+_BUILTIN_LONGEST = len("<start_of_turn>") + _MAX_DIGITS  # no built-in special is longer
 
 
 class PromptError(ValueError):
@@ -84,24 +86,36 @@ class PromptError(ValueError):
 
 # ---------------------------------------------------------------- sanitising
 
-_special_cache: dict[int, tuple[Any, re.Pattern[str] | None]] = {}
+@dataclass(frozen=True)
+class _Remover:
+    """What one pass needs: a regex matching a special token at the end of a text, how far
+    back it can reach, and the characters a special token can end with."""
+
+    at_end: re.Pattern[str]
+    window: int
+    last_chars: frozenset[str]
 
 
-def _tokenizer_specials(tokenizer: Any) -> re.Pattern[str] | None:
-    """A regex matching every special token string of `tokenizer` (cached per tokenizer)."""
-    cached = _special_cache.get(id(tokenizer))
+_remover_cache: dict[int, tuple[Any, _Remover]] = {}
+
+
+def _remover(tokenizer: Any) -> _Remover:
+    """The remover for the built-in specials and every special token string of `tokenizer` (cached)."""
+    cached = _remover_cache.get(id(tokenizer))
     if cached is not None and cached[0] is tokenizer:
         return cached[1]
-    strings = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    strings = set(getattr(tokenizer, "all_special_tokens", []) or []) if tokenizer is not None else set()
     for token in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
         if getattr(token, "special", False):
             strings.add(str(token.content))
     strings.discard("")
-    pattern = None
-    if strings:  # longest first, so `<Motion_12>` wins over a shorter overlapping token
-        pattern = re.compile("|".join(re.escape(s) for s in sorted(strings, key=len, reverse=True)))
-    _special_cache[id(tokenizer)] = (tokenizer, pattern)
-    return pattern
+    # Longest first, so `<Motion_12>` wins over a shorter overlapping token.
+    alternatives = [_BUILTIN_SPECIALS] + [re.escape(s) for s in sorted(strings, key=len, reverse=True)]
+    remover = _Remover(re.compile("(?:" + "|".join(alternatives) + r")\Z"),
+                       max([_BUILTIN_LONGEST, *map(len, strings)]),
+                       frozenset({">", "]"} | {s[-1] for s in strings}))
+    _remover_cache[id(tokenizer)] = (tokenizer, remover)
+    return remover
 
 
 def sanitize_user_text(text: str, tokenizer: Any = None) -> str:
@@ -109,23 +123,22 @@ def sanitize_user_text(text: str, tokenizer: Any = None) -> str:
 
     Removes the motion tokens (`<Motion>`, `</Motion>`, `<Motion_k>`), Gemma's control
     tokens (`<bos>`, `<eos>`, `<pad>`, `<start_of_turn>`, ...) and, given a tokenizer,
-    every token it marks special. Repeats until stable, since removing `<bos>` from
-    `<bo<bos>s>` leaves a new `<bos>`. The result never tokenises into a special id.
+    every token it marks special. One pass, linear in the length: characters are
+    appended one by one and a special token that appears at the end is dropped at once,
+    so removal that joins two halves (`<bo<bos>s>`) is caught as it happens and the
+    result holds none. The result never tokenises into a special id.
     """
     if not isinstance(text, str):
         raise PromptError(f"expected text, got {type(text).__name__}")
-    patterns = [_BUILTIN_SPECIALS]
-    extra = _tokenizer_specials(tokenizer) if tokenizer is not None else None
-    if extra is not None:
-        patterns.append(extra)
-    while True:
-        cleaned = text
-        for pattern in patterns:
-            cleaned = pattern.sub("", cleaned)
-        if cleaned == text:
-            break
-        text = cleaned
-    return " ".join(text.split())
+    remover = _remover(tokenizer)
+    out: list[str] = []
+    for char in text:
+        out.append(char)
+        if char in remover.last_chars:
+            found = remover.at_end.search("".join(out[-remover.window:]))
+            if found:
+                del out[len(out) - (found.end() - found.start()):]
+    return " ".join("".join(out).split())
 
 
 def _clean_caption(caption: str, tokenizer: Any, what: str = "prompt") -> str:

@@ -31,10 +31,11 @@ import numpy as np
 
 from ..wire import protocol
 from ..llm.constraints import MAX_MOTION_TOKENS
-from ..llm.engine import (GENERATE_MODES, MAX_NEW_TOKENS, MAX_ROUNDS, MIN_MOTION_TOKENS, REFINE_FORMS, Engine,
-                          EngineError)
+from ..llm.engine import GENERATE_MODES, MAX_ROUNDS, MIN_MOTION_TOKENS, REFINE_FORMS, Engine, EngineError
 from ..llm.loader import LoaderError
 from ..wire.manifest import ModelFolderError
+from ..wire.limits import (DEFAULT_CONTEXT, MAX_FPS, MAX_ID_CHARS, MAX_LINE_BYTES, MAX_MOTION_TOKENS_IN,
+                           MAX_TEXT_CHARS, MIN_FPS, LimitError, check, check_joints_size)
 from ..wire.protocol import CONTROL_TYPES, PROTOCOL_VERSION, WORK_TYPES, ProtocolError, error_event
 from ..llm.vocab import NUM_MOTION_CODES
 
@@ -63,6 +64,11 @@ def _bad(request_type: str, message: str) -> ProtocolError:
     return ProtocolError("bad_request", f"{request_type}: {message} (see docs/protocol.md)")
 
 
+class DuplicateId(ProtocolError):
+    """A work request whose id an unfinished request uses: refused with `id` null and `refused_id`,
+    so the running request's events (and its one terminal event) stay its own."""
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
@@ -81,11 +87,12 @@ class _Fields:
     engine's defaults (listed in docs/protocol.md) apply.
     """
 
-    def __init__(self, request: dict[str, Any]):
+    def __init__(self, request: dict[str, Any], num_joints: int, fps: float, context: int):
         self.request = request
         self.type = request["type"]
         self.used = {"type", "id"}
         self.args: dict[str, Any] = {}
+        self.num_joints, self.fps, self.context = num_joints, fps, context
 
     def _get(self, name: str) -> Any:
         self.used.add(name)
@@ -102,6 +109,7 @@ class _Fields:
                 raise _bad(self.type, f'"{name}" is required (a non-empty string)')
             return
         self._check(name, isinstance(value, str) and bool(value.strip()), "a non-empty string")
+        check(f'"{name}"', len(value), MAX_TEXT_CHARS, "MAX_TEXT_CHARS", " characters")
         self.args[name] = value
 
     def choice(self, name: str, options: tuple[str, ...]) -> None:
@@ -134,7 +142,11 @@ class _Fields:
         self.number("temperature", 0.0, 10.0)
         self.number("top_p", 0.0, 1.0, lo_open=True)
         self.integer("seed", 0, 2**63 - 1)
-        self.integer("max_new_tokens", 1, MAX_NEW_TOKENS)
+        value = self._get("max_new_tokens")
+        if value is not None:
+            self._check("max_new_tokens", _is_int(value) and value >= 1, "a positive integer")
+            check('"max_new_tokens"', int(value), self.context, "the model's context (max_position_embeddings)")
+            self.args["max_new_tokens"] = int(value)
 
     def tokens(self) -> None:
         """`tokens`: codebook indices as a JSON list of integers or an int32 array object."""
@@ -143,6 +155,8 @@ class _Fields:
             array = protocol.decode_array(value)
             self._check("tokens", array.dtype.kind in "iu", "an int32 array")
             value = array.ravel().tolist()
+        if isinstance(value, list):  # the bound first: 2 million tokens are not inspected one by one
+            check('"tokens"', len(value), MAX_MOTION_TOKENS_IN, "MAX_MOTION_TOKENS_IN", " tokens")
         if not isinstance(value, list) or not value or not all(_is_int(t) for t in value):
             raise _bad(self.type, '"tokens" must be a non-empty list of codebook indices (integers)')
         bad = [t for t in value if not 0 <= t < NUM_MOTION_CODES]
@@ -150,23 +164,29 @@ class _Fields:
             raise _bad(self.type, f'"tokens" must be codebook indices 0..{NUM_MOTION_CODES - 1}, got {bad[0]}')
         self.args["tokens"] = [int(t) for t in value]
 
-    def joints(self, num_joints: int, fps: float) -> None:
-        """`joints`: a float32 array object (T, num_joints, 3) in Blender axes, and its `fps`."""
+    def joints(self) -> None:
+        """`joints`: a float32 array object (T, num_joints, 3) in Blender axes, and its `fps`.
+
+        The frame count, the fps and the frame count after resampling to the model's fps are
+        checked against their bounds before anything is resampled or encoded.
+        """
+        num_joints = self.num_joints
         value = self._get("joints")
         if not isinstance(value, dict):
             raise _bad(self.type, f'"joints" must be an array object {{"dtype", "shape", "b64"}} of shape '
                                   f"(frames, {num_joints}, 3)")
+        self.args["fps"] = self.fps
+        self.number("fps", MIN_FPS, MAX_FPS)
         array = protocol.decode_array(value)
         if array.ndim != 3 or array.shape[1:] != (num_joints, 3) or array.shape[0] < 1:
             raise _bad(self.type, f'"joints" must have shape (frames, {num_joints}, 3) for this model, '
                                   f"got {tuple(array.shape)}")
+        check_joints_size(array.shape[0], self.args["fps"], self.fps)
         if not np.isfinite(array).all():
             raise _bad(self.type, '"joints" holds NaN or infinite values')
         self.args["joints"] = array.astype(np.float32)
-        self.args["fps"] = fps
-        self.number("fps", 0.0, 1000.0, lo_open=True)
 
-    def motion(self, num_joints: int, fps: float, allowed: tuple[str, ...] = ("tokens", "joints")) -> None:
+    def motion(self, allowed: tuple[str, ...] = ("tokens", "joints")) -> None:
         """Exactly one of the `allowed` motion forms: `tokens`, or `joints` with `fps`."""
         given = [name for name in ("tokens", "joints") if self.request.get(name) is not None]
         if len(given) != 1 or given[0] not in allowed:
@@ -177,7 +197,7 @@ class _Fields:
         if given[0] == "tokens":
             self.tokens()
         else:
-            self.joints(num_joints, fps)
+            self.joints()
 
     def reject_unknown(self) -> None:
         extra = sorted(set(self.request) - self.used)
@@ -186,21 +206,31 @@ class _Fields:
             raise _bad(self.type, f"unknown field(s) {', '.join(extra)}; this request takes: {known}")
 
 
-def validate_request(request: dict[str, Any], num_joints: int = 22, fps: float = 20.0) -> dict[str, Any]:
-    """Check one work request (type, fields, types, ranges) and return the engine's keyword arguments.
+def validate_request(request: dict[str, Any], num_joints: int = 22, fps: float = 20.0,
+                     context: int = DEFAULT_CONTEXT) -> dict[str, Any]:
+    """Check one work request (type, fields, types, ranges, bounds) and return the engine's keyword arguments.
 
-    `num_joints` and `fps` are the loaded model's. Absent or null optional fields are
-    left out (the engine's defaults apply). Raises ProtocolError (`bad_request`,
-    `bad_array`, `unknown_type`) with a message naming the field and what it must be.
+    The one validator every transport uses. `num_joints`, `fps` and `context` (the positions
+    the model attends to) are the loaded model's. Every size is checked against its bound
+    (model_backend.wire.limits, docs/protocol.md#bounds) before anything is allocated for it.
+    Absent or null optional fields are left out (the engine's defaults apply). Raises
+    ProtocolError (`bad_request`, `bad_array`, `unknown_type`) with a message naming the
+    field and what it must be, or the bound and the value.
     """
-    f = _Fields(request)
+    try:
+        return _validate(_Fields(request, num_joints, fps, context))
+    except LimitError as exc:
+        raise _bad(request["type"], str(exc)) from None
+
+
+def _validate(f: _Fields) -> dict[str, Any]:
     kind = f.type
     if kind not in WORK_TYPES:
         raise ProtocolError("unknown_type", f"unknown request type {kind!r}")
     if kind in ("generate", "critique", "refine"):
         f.text("prompt", required=True)
     if kind in ("critique", "refine", "caption"):
-        f.motion(num_joints, fps)
+        f.motion()
         f.sampling()
     if kind in ("generate", "refine"):
         f.integer("max_motion_tokens", MIN_MOTION_TOKENS, MAX_MOTION_TOKENS)
@@ -214,9 +244,9 @@ def validate_request(request: dict[str, Any], num_joints: int = 22, fps: float =
         if kind == "refine":
             f.text("instruction")
     elif kind == "encode":
-        f.motion(num_joints, fps, allowed=("joints",))
+        f.motion(allowed=("joints",))
     elif kind == "decode":
-        f.motion(num_joints, fps, allowed=("tokens",))
+        f.motion(allowed=("tokens",))
     f.reject_unknown()
     return f.args
 
@@ -307,15 +337,29 @@ class Dispatcher:
         model = engine.info.get("model", {})
         self._num_joints = int(model.get("num_joints", 22))
         self._fps = float(model.get("fps", 20.0))
+        self._context = int(getattr(engine, "context_length", DEFAULT_CONTEXT))
         self._worker = threading.Thread(target=self._work, name="irg-motion-worker", daemon=True)
 
     # -- output
 
     def send(self, event: dict[str, Any]) -> None:
-        """Emit one event, numpy values made JSON-safe (thread-safe: one event at a time)."""
+        """Emit one event, numpy values made JSON-safe (thread-safe: one event at a time).
+
+        Raises EventWriteError when this event cannot be written but the client is still there.
+        """
         wire = to_wire(event)
         with self._emit_lock:
             self._emit(wire)
+
+    def _answer(self, event: dict[str, Any]) -> None:
+        """Send an answer that is not part of a work request's stream; one that cannot be
+        written is replaced by an `error` (id null) saying so."""
+        try:
+            self.send(event)
+        except EventWriteError as exc:
+            log.error("could not write a %s event: %s", event.get("event"), exc)
+            self.send(error_event("internal", f"a {event.get('event')} event could not be written ({exc}); "
+                                              "this is a bug in irg-motion, please report it"))
 
     # -- input
 
@@ -330,7 +374,7 @@ class Dispatcher:
         try:
             request = protocol.loads(line)
         except ProtocolError as exc:
-            self.send(error_event(exc.code, f"{exc.message}; send one JSON object per line (docs/protocol.md)"))
+            self._answer(error_event(exc.code, f"{exc.message}; send one JSON object per line (docs/protocol.md)"))
             return
         self.handle(request)
 
@@ -339,9 +383,10 @@ class Dispatcher:
         rid = request.get("id")
         kind = request.get("type")
         try:
-            if rid is not None and not (isinstance(rid, str) or _is_int(rid)):
+            if rid is not None and not (isinstance(rid, str) and len(rid) <= MAX_ID_CHARS or _is_int(rid)):
                 rid = None
-                raise ProtocolError("bad_request", '"id" must be a string or an integer')
+                raise ProtocolError("bad_request", f'"id" must be a string (at most MAX_ID_CHARS = {MAX_ID_CHARS} '
+                                                   'characters) or an integer')
             if not isinstance(kind, str):
                 raise ProtocolError("bad_request", 'every request needs a "type" (a string), e.g. '
                                                    '{"type": "generate", "id": "r1", "prompt": "..."}')
@@ -352,14 +397,26 @@ class Dispatcher:
             else:
                 raise ProtocolError("unknown_type", f"unknown request type {kind!r}; known types: "
                                                     f"{', '.join(WORK_TYPES + CONTROL_TYPES)}")
+        except DuplicateId as exc:
+            self._answer(error_event(exc.code, exc.message, None, refused_id=rid))
         except ProtocolError as exc:
-            self.send(error_event(exc.code, exc.message, rid))
+            self._answer(error_event(exc.code, exc.message, rid))
+        except Exception as exc:  # a bug must not end the session: this request gets an error, the next is read
+            log.exception("a request could not be handled")
+            self._answer(error_event("internal", f"the request could not be handled: {type(exc).__name__}: "
+                                                 f"{exc}. This is a bug in irg-motion (the backend keeps serving)",
+                                     rid))
+
+    def line_too_long(self) -> None:
+        """Answer a line longer than MAX_LINE_BYTES (it was skipped; the session goes on)."""
+        self._answer(error_event("line_too_long", f"a line of more than MAX_LINE_BYTES = {MAX_LINE_BYTES} bytes "
+                                                  "was skipped; send smaller requests (docs/protocol.md#bounds)"))
 
     def _control(self, kind: str, rid: Any, request: dict[str, Any]) -> None:
         if kind == "ping":
-            self.send({"event": "pong", "id": rid, "protocol_version": PROTOCOL_VERSION})
+            self._answer({"event": "pong", "id": rid, "protocol_version": PROTOCOL_VERSION})
         elif kind == "info":
-            self.send({**ready_event(self.engine), "event": "info", "id": rid})
+            self._answer({**ready_event(self.engine), "event": "info", "id": rid})
         elif kind == "cancel":
             target = request.get("target")
             if target is None:
@@ -371,13 +428,18 @@ class Dispatcher:
     def _accept(self, kind: str, rid: Any, request: dict[str, Any]) -> None:
         if rid is None:
             raise ProtocolError("bad_request", f'{kind}: "id" is required (a string the events will carry)')
-        args = validate_request(request, self._num_joints, self._fps)
+        args = validate_request(request, self._num_joints, self._fps, self._context)
+        try:
+            self.engine.check_request(args)  # token counts, before anything is queued
+        except EngineError as exc:
+            raise ProtocolError(exc.code, f"{kind}: {exc.message}") from None
         with self._lock:
             if self._closing:
                 raise ProtocolError("busy", f"{kind}: the backend is shutting down; start it again")
             if any(j.id == rid for j in self._jobs()):
-                raise ProtocolError("bad_request", f"{kind}: id {rid!r} is already in use by an unfinished "
-                                                   "request; give every request its own id")
+                raise DuplicateId("bad_request", f"{kind}: id {rid!r} is already in use by an unfinished "
+                                                 "request; give every request its own id (this refusal carries "
+                                                 "the id as refused_id)")
             if len(self._queue) >= self._max_queued:
                 raise ProtocolError("busy", f"{kind}: {len(self._queue)} requests are already waiting; "
                                             "wait for one to finish or cancel some")
@@ -406,7 +468,7 @@ class Dispatcher:
                 if job.id == target:
                     self._queue.remove(job)
                     job.cancel.set()
-                    self.send(_cancelled_done(job))
+                    self._answer(_cancelled_done(job))
                     return True
         log.info("cancel: no unfinished request %r (it may have ended already)", target)
         return False
@@ -421,14 +483,14 @@ class Dispatcher:
                 self._running.cancel.set()
             self._lock.notify_all()
         for job in dropped:
-            self.send(_cancelled_done(job))
+            self._answer(_cancelled_done(job))
         if self._worker.is_alive():
             self._worker.join(timeout)
             if self._worker.is_alive():
                 log.warning("the running request did not stop within %.0f s of shutdown; exiting anyway", timeout)
         if not self._bye_sent:
             self._bye_sent = True
-            self.send({"event": "bye", "id": None})
+            self._answer({"event": "bye", "id": None})
 
     # -- the worker
 
@@ -453,7 +515,15 @@ class Dispatcher:
                 log.warning("dropped a %s event of %r that came after its end", event.get("event"), job.id)
                 return
             job.ended = event.get("event") in ("done", "error")
-            self.send({**event, "id": job.id})
+            try:
+                self.send({**event, "id": job.id})
+            except EventWriteError as exc:  # end this request with an error; the session goes on
+                log.error("could not write a %s event of %r: %s", event.get("event"), job.id, exc)
+                job.ended = True
+                job.cancel.set()
+                self._answer(error_event("internal", f"a {event.get('event')} event of this request could not be "
+                                                     f"written ({exc}), so the request was stopped; this is a bug "
+                                                     "in irg-motion, please report it", job.id))
 
         started = time.monotonic()
         log.info("%s %r started", job.type, job.id)
@@ -536,11 +606,17 @@ def reserved_stdout() -> Iterator[TextIO]:
         os.close(saved_fd)
 
 
+class EventWriteError(RuntimeError):
+    """One event could not be serialised or written, but the client is still there: the
+    request it belongs to ends with an error, the session goes on."""
+
+
 class LineWriter:
     """Writes one message per line to a stream, flushed per line (thread-safe).
 
-    A message that cannot be serialised (NaN, an unknown type: a bug) is replaced by an
-    `internal` error for the same request; a reader that went away is logged once.
+    A message that cannot be serialised (NaN, an unknown type: a bug) or written raises
+    EventWriteError; only a closed pipe means the client has gone (logged once, then
+    every message is discarded).
     """
 
     def __init__(self, stream: TextIO):
@@ -552,19 +628,25 @@ class LineWriter:
         try:
             line = protocol.dumps(message)
         except (TypeError, ValueError) as exc:
-            log.error("cannot serialise a %s event: %s", message.get("event"), exc)
-            line = protocol.dumps(error_event(
-                "internal", f"the backend built a {message.get('event')} event it cannot send ({exc}); "
-                            "this is a bug in irg-motion, please report it", message.get("id")))
+            raise EventWriteError(f"it cannot be serialised: {exc}") from None
         with self._lock:
             if self.broken:
                 return
             try:
                 self._stream.write(line + "\n")
                 self._stream.flush()
-            except (BrokenPipeError, OSError, ValueError) as exc:
-                self.broken = True
-                log.warning("the client stopped reading our output (%s); events are discarded", exc)
+            except (BrokenPipeError, ConnectionError) as exc:
+                self._gone(exc)
+            except ValueError as exc:
+                if not self._stream.closed:
+                    raise EventWriteError(str(exc)) from None
+                self._gone(exc)
+            except OSError as exc:
+                raise EventWriteError(str(exc)) from None
+
+    def _gone(self, exc: Exception) -> None:
+        self.broken = True
+        log.warning("the client stopped reading our output (%s); events are discarded", exc)
 
 
 def configure_logging(level: int = logging.INFO) -> None:
@@ -597,8 +679,11 @@ def _serve(writer: LineWriter, source: Iterable[bytes], model_dir: str | Path, d
     dispatcher = Dispatcher(engine, writer)
     dispatcher.start()
     try:
-        for line in source:
-            dispatcher.handle_line(line)
+        for line in bounded_lines(source):
+            if line is None:
+                dispatcher.line_too_long()
+            else:
+                dispatcher.handle_line(line)
             if dispatcher.shutdown_requested.is_set():
                 break
         else:
@@ -607,3 +692,19 @@ def _serve(writer: LineWriter, source: Iterable[bytes], model_dir: str | Path, d
         log.info("interrupted: shutting down")
     dispatcher.close()
     return 0
+
+
+def bounded_lines(source: Iterable[bytes], limit: int = MAX_LINE_BYTES) -> Iterator[bytes | None]:
+    """The lines of `source` (a binary stream, or any iterable of lines); None stands for a
+    line longer than `limit` bytes, which is skipped without being kept in memory."""
+    readline = getattr(source, "readline", None)
+    if readline is None:
+        yield from source
+        return
+    while line := readline(limit + 1):
+        if len(line) <= limit or line.endswith(b"\n"):
+            yield line
+            continue
+        while (rest := readline(1 << 20)) and not rest.endswith(b"\n"):
+            pass
+        yield None

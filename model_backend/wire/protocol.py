@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from typing import Any
 
 import numpy as np
+
+from .limits import MAX_ARRAY_DIMS, MAX_ARRAY_ELEMENTS, LimitError, check, parse_json
 
 PROTOCOL_VERSION = 1
 
@@ -47,25 +50,57 @@ def encode_array(array: np.ndarray) -> dict[str, Any]:
 
 
 def decode_array(obj: dict[str, Any]) -> np.ndarray:
-    """Inverse of encode_array; raises ProtocolError on a malformed object."""
+    """Inverse of encode_array; raises ProtocolError on a malformed object or one past the bounds.
+
+    The shape is checked against MAX_ARRAY_DIMS and MAX_ARRAY_ELEMENTS, and the base64
+    text against the length that shape needs, before anything is decoded.
+    """
     try:
         dtype = {"float32": "<f4", "int32": "<i4"}[obj["dtype"]]
-        raw = base64.b64decode(obj["b64"], validate=True)
-        return np.frombuffer(raw, dtype=dtype).reshape(obj["shape"]).copy()
+        shape, text = obj["shape"], obj["b64"]
+        if not isinstance(shape, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                                                  for n in shape):
+            raise ValueError(f"shape must be a list of non-negative integers, got {shape!r:.60}")
+        check("the array's dimension count", len(shape), MAX_ARRAY_DIMS, "MAX_ARRAY_DIMS")
+        check("the array's element count", math.prod(shape), MAX_ARRAY_ELEMENTS, "MAX_ARRAY_ELEMENTS")
+        need = 4 * math.ceil(math.prod(shape) * 4 / 3)
+        if not isinstance(text, str) or len(text) != need:
+            raise ValueError(f"b64 must be {need} characters for shape {shape}, got "
+                             f"{len(text) if isinstance(text, str) else type(text).__name__}")
+        raw = base64.b64decode(text, validate=True)
+        return np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
+    except LimitError as exc:
+        raise ProtocolError("bad_request", f"array: {exc}") from None
     except (KeyError, TypeError, ValueError) as exc:
         raise ProtocolError("bad_array", f"malformed array in message: {exc}") from None
 
 
 def dumps(message: dict[str, Any]) -> str:
-    """One message as one line of JSON (no newline inside, none at the end)."""
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    """One message as one line of JSON (no newline inside, none at the end), always valid UTF-8.
+
+    Text that UTF-8 cannot carry (a lone surrogate, e.g. an id a client sent as "\\ud800")
+    is written as its JSON escape, so the reader gets back exactly the string it sent.
+    """
+    line = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    if not line.isascii():
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError:  # only lone surrogates fail, and only inside JSON strings
+            line = line.encode("utf-8", "backslashreplace").decode("utf-8")
+    return line
 
 
 def loads(line: str | bytes) -> dict[str, Any]:
-    """Parse one line into a message dict; ProtocolError if it is not a JSON object."""
+    """Parse one line into a message dict; ProtocolError if it is not a JSON object.
+
+    `bad_json` for text that is not JSON; `bad_request` past a bound of
+    model_backend.wire.limits (line length, number length, nesting depth).
+    """
     try:
-        obj = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        obj = parse_json(line)
+    except LimitError as exc:
+        raise ProtocolError("bad_request", str(exc)) from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
         raise ProtocolError("bad_json", f"not a JSON line: {exc}") from None
     if not isinstance(obj, dict):
         raise ProtocolError("bad_json", "each line must be a JSON object")

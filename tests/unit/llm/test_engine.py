@@ -296,11 +296,12 @@ def test_nf4_precision_generates_on_cpu(model_dir):
 class ScriptedLM(torch.nn.Module):
     """Stands in for a trained model: each prefill starts the next script, each step emits its next token."""
 
-    def __init__(self, scripts: list[list[int]], vocab_size: int, eos_id: int):
+    def __init__(self, scripts: list[list[int]], vocab_size: int, eos_id: int, config):
         super().__init__()
         self.anchor = torch.nn.Parameter(torch.zeros(1))  # gives the engine a device
         self.scripts, self.vocab_size, self.eos_id = list(scripts), vocab_size, eos_id
         self.prompts: list[list[int]] = []
+        self.config = config  # the real model's: context length and memory estimate
 
     def forward(self, input_ids, position_ids=None, cache=None, use_cache=True, logits_to_keep=1):
         if cache is None:
@@ -318,7 +319,8 @@ class ScriptedLM(torch.nn.Module):
 def scripted(engine):
     def make(*scripts):
         clone = copy.copy(engine)
-        clone.model = ScriptedLM(list(scripts), engine.model.config.vocab_size, engine.eos_ids[0])
+        clone.model = ScriptedLM(list(scripts), engine.model.config.vocab_size, engine.eos_ids[0], engine.model.config)
+        clone.prefill_chunk = 1 << 20  # one forward per prompt: each prefill starts the next script
         return clone
     return make
 

@@ -232,8 +232,9 @@ def test_cancel_ends_a_running_generation_promptly_and_ping_is_answered_meanwhil
 def test_cancelling_a_queued_request_drops_it_at_once_and_ids_must_be_unique(backend):
     backend.send(_long_generate("busy"))
     backend.send({"type": "decode", "id": "busy", "tokens": [1, 2, 3]})
-    error = backend.until(lambda e: e["event"] == "error")[-1]
-    assert error["id"] == "busy" and error["code"] == "bad_request" and "already in use" in error["message"]
+    error = backend.until(lambda e: e["event"] == "error")[-1]  # not an event of the running "busy"
+    assert error["id"] is None and error["refused_id"] == "busy" and error["code"] == "bad_request"
+    assert "already in use" in error["message"]
     backend.send({"type": "decode", "id": "queued", "tokens": [1, 2, 3]})
     backend.send({"type": "cancel", "target": "queued"})
     events = backend.until(lambda e: e.get("id") == "queued" and e["event"] == "done")

@@ -1,0 +1,136 @@
+"""Hostile-input helpers shared by the hardening tests and the fuzz harness: the real stdio
+backend (`python -m model_backend serve --stdio`) under an address-space limit, raw lines in,
+events out, its peak memory, and the health check every case ends with (a `ping` answered
+and a normal direct generation served). Imported as `hostile` (tests/conftest.py puts this
+folder on sys.path)."""
+from __future__ import annotations
+
+import json
+import queue
+import resource
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from serve_process import ROOT, backend_env, stop_process
+
+STARTUP_S = 120.0
+STEP_S = 30.0
+# The fixture backend maps about 1 GB of address space and touches about 0.4 GB. 3 GiB of
+# address space lets it work normally and turns a runaway allocation into a quick failure
+# (MemoryError inside the process) instead of the kernel killing the machine's other jobs.
+MEMORY_LIMIT = 3 << 30
+
+
+def limit_memory(limit: int) -> Callable[[], None]:
+    """A preexec_fn: cap the child's address space at `limit` bytes (RLIMIT_AS)."""
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    return apply
+
+
+class StdioServer:
+    """`python -m model_backend serve --stdio --model DIR --device cpu` with a reader thread.
+
+    Lines go in raw (bytes, so broken UTF-8 and surrogate escapes reach the server as sent);
+    events come out parsed, and any stdout line that is not one JSON object is recorded.
+    """
+
+    def __init__(self, python: Path, model_dir: Path, memory_limit: int = MEMORY_LIMIT):
+        self.proc = subprocess.Popen(
+            [str(python), "-m", "model_backend", "serve", "--stdio", "--model", str(model_dir), "--device", "cpu"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=backend_env(), cwd=ROOT,
+            preexec_fn=limit_memory(memory_limit))
+        self.events: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self.bad_lines: list[bytes] = []
+        self.stderr: list[bytes] = []
+        self.peak_kb = 0
+        threading.Thread(target=self._read, daemon=True).start()
+        threading.Thread(target=self._drain, daemon=True).start()
+        self.ready = self.next(STARTUP_S)
+        assert self.ready is not None and self.ready["event"] == "ready", self.ready
+
+    def _read(self) -> None:
+        for raw in self.proc.stdout:
+            try:
+                event = json.loads(raw)
+                assert isinstance(event, dict) and raw.endswith(b"\n")
+            except (ValueError, AssertionError):
+                self.bad_lines.append(raw)
+                continue
+            self.events.put(event)
+        self.events.put(None)
+
+    def _drain(self) -> None:
+        for line in self.proc.stderr:
+            self.stderr.append(line)
+            del self.stderr[:-200]
+
+    def log(self) -> str:
+        return b"".join(self.stderr[-40:]).decode("utf-8", "replace")
+
+    def send_line(self, line: bytes | str) -> None:
+        """One raw line (a newline is added)."""
+        data = line.encode("utf-8", "surrogatepass") if isinstance(line, str) else line
+        self.proc.stdin.write(data + b"\n")
+        self.proc.stdin.flush()
+
+    def send(self, request: dict[str, Any]) -> None:
+        self.send_line(json.dumps(request))
+
+    def next(self, timeout: float = STEP_S) -> dict[str, Any] | None:
+        try:
+            event = self.events.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no event within {timeout} s; the server's log:\n{self.log()}") from None
+        assert not self.bad_lines, f"stdout carried lines that are not JSON objects: {self.bad_lines[:3]!r}"
+        return event
+
+    def until(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = STEP_S) -> list[dict[str, Any]]:
+        """Events up to and including the first matching `predicate`."""
+        seen, deadline = [], time.monotonic() + timeout
+        while True:
+            event = self.next(max(0.1, deadline - time.monotonic()))
+            assert event is not None, f"stdout closed (exit {self.proc.poll()}); last events {seen[-3:]}\n{self.log()}"
+            seen.append(event)
+            if predicate(event):
+                return seen
+
+    def finished(self, rid: Any, timeout: float = STEP_S) -> list[dict[str, Any]]:
+        """Every event up to the end (done/error) of request `rid`."""
+        return self.until(lambda e: e.get("id") == rid and e["event"] in ("done", "error"), timeout)
+
+    def memory_kb(self) -> int:
+        """The process's peak resident memory so far (VmHWM, kB); also kept in `peak_kb`."""
+        try:
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    self.peak_kb = max(self.peak_kb, int(line.split()[1]))
+        except OSError:
+            pass
+        return self.peak_kb
+
+    def check_healthy(self, tag: str = "health") -> None:
+        """The server still answers `ping` and serves a normal direct generation."""
+        assert self.proc.poll() is None, f"the server exited with {self.proc.returncode}:\n{self.log()}"
+        self.memory_kb()
+        self.send({"type": "ping", "id": f"{tag}-ping"})
+        self.until(lambda e: e["event"] == "pong" and e.get("id") == f"{tag}-ping")
+        rid = f"{tag}-gen"
+        self.send({"type": "generate", "id": rid, "prompt": "a person jumps", "mode": "direct",
+                   "max_motion_tokens": 4})
+        events = [e for e in self.finished(rid) if e.get("id") == rid]
+        assert events[-1]["event"] == "done", events[-1]
+        assert [e["event"] for e in events].count("motion") == 1
+
+    def close(self) -> int:
+        """Close stdin (the clean end), else kill; the return code."""
+        def ask() -> None:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+        self.memory_kb()
+        return stop_process(self.proc, ask, STEP_S)
