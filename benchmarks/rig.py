@@ -24,7 +24,13 @@ with a child, head to the next mapped head, against the clip), joint positions
 relative to the hips (mm) and twist jitter (metrics.twist_jitter of the posed
 bone matrices: turn about each bone's own axis per frame; direction-only
 solvers leave twist to chance). Times are the best of several runs, one thread.
-Usage: .venv-bpy50/bin/python benchmarks/rig.py [--data ../shared/data/humanml3d]
+Rigify: the same clip onto the rig Rigify generates from its human metarig (706 bones,
+built in a child process: bpy 4.5 can hang at exit once Rigify has run), keyed on its
+controls (torso, hips, chest, neck, head, shoulders, FK limbs and the FK spine that takes
+what hips and chest leave) with the IK/FK switches keyed, judged on the DEF bones in world
+space. The first write on a fresh rig also evaluates it once with the limbs switched to FK
+(reading the switches' drivers); later writes find them keyed.
+Usage: .venv-bpy50/bin/python benchmarks/rig.py [--data ../shared/data/humanml3d] [--rig all|mixamo|rigify]
 """
 from __future__ import annotations
 
@@ -46,7 +52,7 @@ import numpy as np  # noqa: E402
 
 import rig_core  # noqa: E402
 from timing import best_time  # noqa: E402
-from irg_blender_addon.anim import actions, compat
+from irg_blender_addon.anim import actions, compat  # noqa: E402
 from irg_blender_addon.rig import pose, retarget  # noqa: E402
 from model_backend.rig_math import metrics, quat, skeleton, solver  # noqa: E402
 
@@ -237,6 +243,86 @@ def evaluate(obj, action, plan: retarget.Plan, clip: np.ndarray) -> tuple[float,
     return float(errs.mean()), float(errs.max()), float(np.linalg.norm(rel, axis=-1).mean() * 1000.0), jitter
 
 
+# ---------------------------------------------------------------- Rigify
+
+RIGIFY_SCRIPT = """
+import os, sys, bpy, addon_utils
+bpy.ops.wm.read_factory_settings(use_empty=True)
+if addon_utils.enable("rigify", default_set=True) is None:
+    print("NO-RIGIFY"); sys.stdout.flush(); os._exit(0)
+bpy.ops.object.armature_human_metarig_add()
+bpy.ops.pose.rigify_generate()
+bpy.ops.wm.save_as_mainfile(filepath=sys.argv[1])
+print("SAVED"); sys.stdout.flush(); os._exit(0)
+"""
+DEF_AT = {"pelvis": "DEF-spine", "spine1": "DEF-spine.001", "spine2": "DEF-spine.002", "spine3": "DEF-spine.003",
+          "neck": "DEF-spine.004", "head": "DEF-spine.006",
+          **{f"{x}_{j}": f"DEF-{b}.{s}" for x, s in (("left", "L"), ("right", "R"))
+             for j, b in (("hip", "thigh"), ("knee", "shin"), ("ankle", "foot"), ("foot", "toe"),
+                          ("collar", "shoulder"), ("shoulder", "upper_arm"), ("elbow", "forearm"), ("wrist", "hand"))}}
+
+
+def rigify_rig() -> bpy.types.Object | None:
+    """Rigify's generated human rig, appended into the current scene (None: this bpy has no Rigify)."""
+    import subprocess
+    path = Path(tempfile.mkdtemp(prefix="irg-bench-rigify-")) / "rigify.blend"
+    out = subprocess.run([sys.executable, "-c", RIGIFY_SCRIPT, str(path)], capture_output=True, text=True,
+                         timeout=600).stdout
+    if "NO-RIGIFY" in out:
+        return None
+    with bpy.data.libraries.load(str(path), link=False) as (src, dst):
+        dst.objects = ["rig"]
+    bpy.context.scene.collection.objects.link(dst.objects[0])
+    bpy.context.view_layer.update()
+    return dst.objects[0]
+
+
+def deform_errors(obj, clip: np.ndarray) -> tuple[float, float]:
+    """(mean, max) degrees between the DEF bones' world directions (head to the head of the DEF bone
+    at the next joint down the chain, evaluated) and the clip's, over every frame."""
+    from irg_blender_addon.rig import armature as rig
+    pairs = [(j, rig.main_child(j)) for j in range(S.num_joints) if rig.main_child(j) is not None]
+    errs = []
+    for f in range(len(clip)):
+        bpy.context.scene.frame_set(f + 1)
+        heads = {n: np.array(obj.pose.bones[b].head) for n, b in DEF_AT.items()}
+        for j, k in pairs:
+            a = heads[S.joint_names[k]] - heads[S.joint_names[j]]
+            b = clip[f, k] - clip[f, j]
+            errs.append(np.degrees(np.arctan2(np.linalg.norm(np.cross(a, b)), a @ b)))
+    return float(np.mean(errs)), float(np.max(errs))
+
+
+def rigify_benchmark(clip: np.ndarray, repeats: int) -> list[tuple[str, float]] | None:
+    """Timings (label, seconds) of putting the clip onto the generated Rigify rig, and its DEF error."""
+    obj = rigify_rig()
+    if obj is None:
+        return None
+    first = best_time(lambda: actions.write_version(obj, clip, fps=20.0, prompt="first"), 1)
+
+    def setup():
+        return retarget.plan_for(obj, retarget.bone_map(obj, "auto"))
+
+    plan = setup()
+    out = retarget.retarget(plan, clip, fps=20.0)
+    hips = plan.rig.bones[plan.pelvis]
+    channels = pose.PoseChannels(1.0 + np.arange(len(clip)), out.bone_names, out.quaternions, hips,
+                                 out.locations[hips], 20.0, out.scale, out.locations,
+                                 properties=plan.properties)
+    made = []
+    rows = [("first write on a fresh rig (reads the rig at FK once)", first),
+            ("rig preset detection + rest read + plan", best_time(setup, repeats)),
+            ("retarget (solve included)", best_time(lambda: retarget.retarget(plan, clip, fps=20.0), repeats)),
+            ("key writing (bulk, new Action)", best_time(lambda: made.append(
+                actions.key_channels(compat.new_action("k"), obj, channels)), repeats)),
+            ("whole actions.write_version (keys included)", best_time(
+                lambda: made.append(actions.write_version(obj, clip, fps=20.0, prompt="bench")), repeats))]
+    mean, worst = deform_errors(obj, clip)
+    rows.append((f"DEF bone direction error mean / max (deg): {mean:.2g} / {worst:.2g}; "
+                 f"{len(plan.keyed)} of {len(obj.data.bones)} bones keyed", float("nan")))
+    return rows
+
+
 # ---------------------------------------------------------------- the run
 
 def main() -> None:
@@ -244,6 +330,22 @@ def main() -> None:
 
     name, clip_hml = rig_core.load_clip(args.data, args.frames)
     clip = skeleton.to_blender(clip_hml)
+    if args.rig in ("all", "rigify"):
+        bpy.ops.wm.read_factory_settings(use_empty=True)
+        bpy.context.scene.render.fps = 20
+        rows = rigify_benchmark(clip, args.repeats)
+        print(f"Rigify benchmark: {name}, {args.frames} frames at 20 fps onto Rigify's generated human rig, "
+              f"Blender {bpy.app.version_string}, best of {args.repeats}, "
+              f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}\n")
+        if rows is None:
+            print(f"bpy {bpy.app.version_string} has no Rigify add-on: skipped\n")
+        else:
+            print("| step | time ms |\n|---|---|")
+            for label, sec in rows:
+                print(f"| {label} | {sec * 1e3:.1f} |" if sec == sec else f"| {label} | |")
+            print()
+    if args.rig == "rigify":
+        return
     bpy.ops.wm.read_factory_settings(use_empty=True)
     bpy.context.scene.render.fps = 20
     obj = build_mixamo_rig(rig_joints(clip_hml))

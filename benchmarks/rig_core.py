@@ -182,6 +182,8 @@ def clip_arguments(doc: str) -> argparse.Namespace:
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "humanml3d")
     ap.add_argument("--frames", type=int, default=196)
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--rig", choices=("all", "mixamo", "rigify"), default="all",
+                    help="benchmarks/rig.py: the 65-bone Mixamo-style rig, the generated Rigify rig, or both")
     return ap.parse_args()
 
 

@@ -11,7 +11,8 @@
 
 apply_motion also takes the retarget options: preset ("auto", a preset id or a
 {joint: bone} map), root_mode ("root_motion", "in_place", "root_bone"),
-foot_lock and smoothing (booleans).
+foot_lock, smoothing and ik_legs (booleans; ik_legs keys a control rig's IK feet,
+planted during foot contacts, and knee poles, e.g. on a generated Rigify rig).
 
 Every call blocks until the backend answers (timeout= seconds) and takes the same
 keyword overrides as generate (model_dir, backend_python, device, precision, mode,

@@ -4,9 +4,10 @@ Metadata lives in the Action's ID properties under `action["irg"]` (saved with t
 .blend): prompt, round, tokens, assessment, refinement, model, seed, parent (the
 parent version's Action name), source, slug, version, serial (creation order in
 the file), created (ISO time, UTC), fps, src_fps, frames, frame_start, frame_end,
-armature, armature_id, scale, rotation_mode_changed, extra (a dict), and the
-retarget options: preset (the rig preset id used), root_mode, foot_lock, smoothing;
-and, set later by the user or the model, keep (bool) and caption (text).
+armature, armature_id, scale, rotation_mode_changed, keys_digest (a fingerprint of the
+keys as written: `is_edited` tells when the animator changed them), extra (a dict), and
+the retarget options: preset (the rig preset id used), root_mode, foot_lock, smoothing,
+ik_legs; and, set later by the user or the model, keep (bool) and caption (text).
 The source joints (Blender axes, at src_fps) are kept beside them, under
 `action["irg_joints"]` (and the contact channels under `action["irg_contacts"]`
 when given), so a version can be applied to another armature (`apply_version`).
@@ -15,6 +16,7 @@ renaming it keeps its versions.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import unicodedata
@@ -25,7 +27,7 @@ from typing import Any, Mapping
 import bpy
 import numpy as np
 
-from . import compat
+from . import compat, euler
 from ..rig import pose, armature as rig
 
 NAMESPACE = "irg"
@@ -128,13 +130,23 @@ def _next_name(armature: bpy.types.Object, slug: str) -> tuple[int, str]:
 def key_channels(action: bpy.types.Action, armature: bpy.types.Object, channels: pose.PoseChannels,
                  interpolation: str = "LINEAR") -> None:
     """Write the channels as keys on `action` for `armature` (one F-Curve per channel, in bulk;
-    existing keys on those F-Curves are replaced). The armature's bones are not changed."""
+    existing keys on those F-Curves are replaced). A bone in an Euler rotation mode gets
+    rotation_euler keys in its own order, the others rotation_quaternion keys. The
+    armature's bones are not changed."""
     specs, series = [], []
+    bones = armature.pose.bones
     for b, name in enumerate(channels.bone_names):
         path = f'pose.bones["{bpy.utils.escape_identifier(name)}"]'
-        for i in range(4):
-            specs.append((f"{path}.rotation_quaternion", i, name))
-            series.append(channels.quaternions[:, b, i])
+        order = bones[name].rotation_mode if name in bones else "QUATERNION"
+        if order in euler.ORDERS:
+            angles = euler.quat_to_euler(channels.quaternions[:, b], order)
+            for i in range(3):
+                specs.append((f"{path}.rotation_euler", i, name))
+                series.append(angles[:, i])
+        else:
+            for i in range(4):
+                specs.append((f"{path}.rotation_quaternion", i, name))
+                series.append(channels.quaternions[:, b, i])
         location = channels.locations.get(name)
         if location is None and name == channels.root_bone:
             location = channels.location
@@ -144,10 +156,24 @@ def key_channels(action: bpy.types.Action, armature: bpy.types.Object, channels:
                 series.append(location[:, i])
     for fcurve, values in zip(compat.ensure_fcurves(action, armature, specs), series):
         compat.write_keys(fcurve, channels.frames, values, interpolation)
+    key_properties(action, armature, channels.properties, channels.frames[[0, -1]])
+
+
+def key_properties(action: bpy.types.Action, armature: bpy.types.Object, properties, frames) -> None:
+    """Key custom properties of pose bones ({bone: {property: value}}) at `frames`, constant
+    (a control rig's switches, e.g. Rigify's IK_FK at FK): keyed, so the animator can switch back."""
+    specs, values = [], []
+    for bone, props in properties.items():
+        for key, value in props.items():
+            path = f'pose.bones["{bpy.utils.escape_identifier(bone)}"]["{bpy.utils.escape_identifier(key)}"]'
+            specs.append((path, 0, bone))
+            values.append(value)
+    for fcurve, value in zip(compat.ensure_fcurves(action, armature, specs), values):
+        compat.write_keys(fcurve, frames, np.full(len(frames), value), "CONSTANT")
 
 
 def _check_channels(armature: bpy.types.Object, channels: pose.PoseChannels, *, preset, root_mode: str,
-                    foot_lock: bool, smoothing: bool) -> None:
+                    foot_lock: bool, smoothing: bool, ik_legs: bool = False) -> None:
     """ValueError unless pre-solved channels fit the armature and the retarget options given with them."""
     fix = "solve them for this armature (pose.plan_channels + pose.solve_channels) with the same options"
     missing = [n for n in channels.bone_names if n not in armature.pose.bones]
@@ -159,8 +185,10 @@ def _check_channels(armature: bpy.types.Object, channels: pose.PoseChannels, *, 
             np.shape(v) != (count, 3) for v in (channels.location, *channels.locations.values())):
         raise ValueError(f"The channels are inconsistent ({count} frames, quaternions "
                          f"{np.shape(channels.quaternions)} for {len(channels.bone_names)} bones): {fix}.")
-    given = {"root_mode": root_mode, "foot_lock": bool(foot_lock), "smoothing": bool(smoothing)}
-    solved = {"root_mode": channels.root_mode, "foot_lock": channels.foot_lock, "smoothing": channels.smoothing}
+    given = {"root_mode": root_mode, "foot_lock": bool(foot_lock), "smoothing": bool(smoothing),
+             "ik_legs": bool(ik_legs)}
+    solved = {"root_mode": channels.root_mode, "foot_lock": channels.foot_lock, "smoothing": channels.smoothing,
+              "ik_legs": channels.ik_legs}
     if isinstance(preset, Mapping):
         given["preset"], solved["preset"] = {j: b for j, b in preset.items() if b}, channels.mapping
     elif preset not in (None, "auto"):
@@ -171,11 +199,12 @@ def _check_channels(armature: bpy.types.Object, channels: pose.PoseChannels, *, 
 
 
 def _use_quaternions(armature: bpy.types.Object, names) -> list[str]:
-    """Set the bones' rotation mode to QUATERNION; the names of those that were not."""
+    """Set the bones in axis-angle mode to QUATERNION (Euler modes are keyed as they are); the
+    names of those changed."""
     changed = []
     for name in names:
         bone = armature.pose.bones[name]
-        if bone.rotation_mode != "QUATERNION":
+        if bone.rotation_mode == "AXIS_ANGLE":
             bone.rotation_mode = "QUATERNION"
             changed.append(name)
     return changed
@@ -185,7 +214,7 @@ def write_version(armature: bpy.types.Object, joints_blender, *, fps: float = 20
                   tokens=(), assessment: str = "", refinement: str = "", model: str = "", seed: int | None = None,
                   parent=None, source: str = "generate", extra: dict | None = None,
                   interpolation: str = "LINEAR", preset: str | dict | None = "auto", root_mode: str = "root_motion",
-                  foot_lock: bool = False, smoothing: bool = False, contacts=None,
+                  foot_lock: bool = False, smoothing: bool = False, contacts=None, ik_legs: bool = False,
                   channels: pose.PoseChannels | None = None) -> bpy.types.Action:
     """Key joints (T, 22, 3; Blender axes, metres, at `fps`) as a new version, made the active Action.
 
@@ -193,23 +222,25 @@ def write_version(armature: bpy.types.Object, joints_blender, *, fps: float = 20
     scene's end frame extended to cover it. parent: the parent version (Action or name).
     Retarget options (see pose.joints_to_channels): preset ("auto", a preset id or
     {joint: bone}), root_mode ("root_motion", "in_place", "root_bone"), foot_lock,
-    smoothing, contacts ((T, 4) contact channels for foot locking, optional).
+    smoothing, contacts ((T, 4) contact channels for foot locking, optional), ik_legs (a control
+    rig's IK leg controls keyed too, feet pinned during contacts, legs switched to IK).
     channels: the channels already solved from these joints with these options
     (pose.solve_channels, e.g. in a worker thread): keyed as they are, after a check
     that they fit the armature and the options (ValueError otherwise).
-    Keyed bones not in quaternion mode are switched to it (listed in the metadata's
-    rotation_mode_changed). All or nothing: on any error the half-made Action is
+    Keyed bones keep their rotation mode (Euler bones get Euler keys in their own order), but
+    axis-angle bones are switched to quaternions (listed in the metadata's rotation_mode_changed). All or nothing: on any error the half-made Action is
     removed and the previous active Action, rotation modes and scene range are restored."""
     rig.check_armature(armature)
     rig.ensure_pose(armature)
     fields = _fields(prompt, round, tokens, assessment, refinement, model, seed, parent, source, extra)
     if channels is None:
         channels = pose.joints_to_channels(armature, joints_blender, src_fps=fps, preset=preset, root_mode=root_mode,
-                                           foot_lock=foot_lock, smoothing=smoothing, contacts=contacts)  # validates
+                                           foot_lock=foot_lock, smoothing=smoothing, contacts=contacts,
+                                           ik_legs=ik_legs)  # validates
         source_joints = np.asarray(joints_blender, dtype=np.float64)
     else:
         _check_channels(armature, channels, preset=preset, root_mode=root_mode, foot_lock=foot_lock,
-                        smoothing=smoothing)
+                        smoothing=smoothing, ik_legs=ik_legs)
         source_joints = pose.check_joints(joints_blender, rig.SKELETON.num_joints)
         pose.check_contacts(contacts, len(source_joints))
     slug = slugify(prompt)
@@ -234,8 +265,9 @@ def write_version(armature: bpy.types.Object, joints_blender, *, fps: float = 20
             "frame_start": start, "frame_end": end, "armature": armature.name,
             "armature_id": _rig_id(armature, create=True), "scale": channels.scale,
             "preset": channels.preset, "root_mode": channels.root_mode,
-            "foot_lock": bool(foot_lock), "smoothing": bool(smoothing),
-            "rotation_mode_changed": _use_quaternions(armature, channels.bone_names)}
+            "foot_lock": bool(foot_lock), "smoothing": bool(smoothing), "ik_legs": bool(ik_legs),
+            "rotation_mode_changed": _use_quaternions(armature, channels.bone_names),
+            "keys_digest": keys_digest(action)}
         action[JOINTS_KEY] = source_joints.ravel().tolist()
         if contacts is not None:
             action[CONTACTS_KEY] = np.asarray(contacts, dtype=np.float64).ravel().tolist()
@@ -253,6 +285,27 @@ def write_version(armature: bpy.types.Object, joints_blender, *, fps: float = 20
             del armature[RIG_ID]
         raise
     return action
+
+
+def keys_digest(action: bpy.types.Action) -> str:
+    """A fingerprint of every key of the Action (F-Curve paths, key positions and handles): it
+    changes when the animator edits, adds or deletes keys."""
+    digest = hashlib.sha1()
+    for fcurve in sorted(compat.action_fcurves(action), key=lambda f: (f.data_path, f.array_index)):
+        points = fcurve.keyframe_points
+        digest.update(f"{fcurve.data_path}[{fcurve.array_index}]:{len(points)};".encode())
+        for attr in ("co", "handle_left", "handle_right"):
+            values = np.empty(2 * len(points), dtype=np.float32)
+            points.foreach_get(attr, values)
+            digest.update(values.tobytes())
+    return digest.hexdigest()
+
+
+def is_edited(action: bpy.types.Action) -> bool:
+    """True when a version's keys are no longer the ones it was written with (edited by hand).
+    False for Actions that are not versions, or versions from before keys were fingerprinted."""
+    stored = version_info(action).get("keys_digest")
+    return bool(stored) and stored != keys_digest(action)
 
 
 def source_motion(action: bpy.types.Action) -> tuple[np.ndarray, np.ndarray | None]:
@@ -282,10 +335,10 @@ def apply_version(action: bpy.types.Action, armature: bpy.types.Object, **option
     rig.check_armature(armature)
     joints, contacts = source_motion(action)
     info = version_info(action)
-    unknown = set(options) - {"preset", "root_mode", "foot_lock", "smoothing", "interpolation"}
+    unknown = set(options) - {"preset", "root_mode", "foot_lock", "smoothing", "ik_legs", "interpolation"}
     if unknown:
         raise TypeError(f"unknown option(s) {', '.join(sorted(unknown))}; "
-                        "known: preset, root_mode, foot_lock, smoothing, interpolation")
+                        "known: preset, root_mode, foot_lock, smoothing, ik_legs, interpolation")
     settings = {"preset": "auto", "root_mode": info.get("root_mode", "root_motion"),
                 "foot_lock": bool(info.get("foot_lock", False)), "smoothing": bool(info.get("smoothing", False))}
     settings.update(options)
@@ -314,23 +367,24 @@ def update_info(action: bpy.types.Action, **fields) -> None:
 
 
 def set_active_version(armature: bpy.types.Object, action: bpy.types.Action) -> None:
-    """Make `action` the armature's active Action (its keyed bones switch to quaternion rotation)."""
+    """Make `action` the armature's active Action (bones it keys by quaternion switch to quaternion rotation)."""
     rig.check_armature(armature)
     if not isinstance(action, bpy.types.Action):
         raise ValueError(f"Expected an Action, got {action!r}")
     bones = rig.ensure_pose(armature).bones
-    names = [n for n in keyed_bones(action) if n in bones]
+    names = [n for n in keyed_bones(action, ("rotation_quaternion",)) if n in bones]
     compat.assign_action(armature, action)
     _use_quaternions(armature, names)
 
 
-def keyed_bones(action: bpy.types.Action) -> list[str]:
-    """Names of the bones whose rotation_quaternion the Action keys, in F-Curve order."""
+def keyed_bones(action: bpy.types.Action, channels=("rotation_quaternion", "rotation_euler")) -> list[str]:
+    """Names of the bones whose rotation (the given channels) the Action keys, in F-Curve order."""
     names = []
     for fcurve in compat.action_fcurves(action):
         path = fcurve.data_path
-        if path.startswith('pose.bones["') and path.endswith('"].rotation_quaternion'):
-            name = re.sub(r"\\(.)", r"\1", path[len('pose.bones["'):-len('"].rotation_quaternion')])  # unescape
+        channel = next((c for c in channels if path.endswith(f'"].{c}')), None)
+        if path.startswith('pose.bones["') and channel:
+            name = re.sub(r"\\(.)", r"\1", path[len('pose.bones["'):-len(f'"].{channel}')])  # unescape
             if name not in names:
                 names.append(name)
     return names

@@ -117,7 +117,7 @@ def retarget_options(context=None, armature=None) -> dict:
     context = context or bpy.context
     settings = getattr(getattr(context, "scene", None), "irg_retarget", None)
     if settings is None:
-        return {"preset": "auto", "root_mode": "root_motion", "foot_lock": False, "smoothing": False}
+        return {"preset": "auto", "root_mode": "root_motion", "foot_lock": False, "smoothing": False, "ik_legs": False}
     choice = settings.preset or AUTO  # '' when the saved choice names a preset that is gone
     if choice == CUSTOM:
         target = armature if armature is not None else target_armature(context)
@@ -125,14 +125,15 @@ def retarget_options(context=None, armature=None) -> dict:
     else:
         preset = "auto" if choice == AUTO else choice
     return {"preset": preset, "root_mode": settings.root_mode,
-            "foot_lock": bool(settings.foot_lock), "smoothing": bool(settings.smoothing)}
+            "foot_lock": bool(settings.foot_lock), "smoothing": bool(settings.smoothing),
+            "ik_legs": bool(settings.ik_legs)}
 
 
 def check_rig(armature, preset="auto") -> str:
     """One line on how motion maps onto the armature; ValueError with the fix when it cannot."""
     rig.check_armature(armature)
     found = retarget.bone_map(armature, preset)
-    plan = retarget.make_plan(retarget.read_rest(armature), found.mapping, found.root_bone)
+    plan = retarget.plan_for(armature, found)
     between = len(plan.shares)
     root = f", root bone {found.root_bone!r}" if found.root_bone else ""
     return (f"{armature.name}: preset {found.preset}, {len(found.mapping)} of 22 joints mapped, "

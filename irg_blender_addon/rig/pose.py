@@ -47,6 +47,9 @@ class PoseChannels:
     mapping: dict[str, str] = field(default_factory=dict)  # joint -> bone
     foot_lock: bool = False     # the options the channels were solved with
     smoothing: bool = False
+    properties: dict[str, dict[str, float]] = field(default_factory=dict)  # bone -> {custom property: value}
+    ik_legs: bool = False       # IK leg controls keyed (feet pinned during contacts)
+    contacts: np.ndarray | None = None  # (N, 4) foot contact flags the IK feet were pinned in
 
     def rotation(self, bone: str) -> np.ndarray:
         """(N, 4) quaternions of one bone."""
@@ -115,6 +118,7 @@ class ChannelPlan:
     root_mode: str
     fps: float                  # frames per second of the keys
     frame_start: int            # the first key's frame
+    ik_legs: bool = False       # the plan keys the preset's IK leg controls
 
     @property
     def root_bone(self) -> str:
@@ -124,25 +128,26 @@ class ChannelPlan:
 
 def plan_channels(armature: bpy.types.Object, *, preset: str | Mapping[str, str] | None = "auto",
                   root_mode: str | None = None, root_motion: bool = True, dst_fps: float | None = None,
-                  frame_start: int | None = None) -> ChannelPlan:
+                  frame_start: int | None = None, ik_legs: bool = False) -> ChannelPlan:
     """Read the armature (main thread) and plan how joints go onto it.
 
     preset: "auto" (detect from bone names), a preset id, or {joint: bone}. root_mode:
     "root_motion", "in_place" or "root_bone" (None: from root_motion). Keys land on
     integer frames at dst_fps (None: the scene's fps) from frame_start (None: the
-    scene's start). ValueError naming the problem and the fix when the armature
-    cannot take motion."""
+    scene's start). ik_legs: also key the preset's IK leg controls (feet at the ankles, pinned
+    during foot contacts, poles from the knees) with the legs switched to IK. ValueError naming
+    the problem and the fix when the armature cannot take motion."""
     rig.check_armature(armature)
     mode = root_mode or ("root_motion" if root_motion else "in_place")
     if mode not in ROOT_MODES:
         raise ValueError(f"unknown root mode {mode!r}: use one of {', '.join(ROOT_MODES)}")
     found = retarget.bone_map(armature, preset)
-    plan = retarget.make_plan(retarget.read_rest(armature), found.mapping, found.root_bone)
+    plan = retarget.plan_for(armature, found, ik_legs)
     fps = float(dst_fps) if dst_fps is not None else scene_fps()
     if not fps > 0:
         raise ValueError(f"fps must be positive, got dst_fps={fps}")
     start = bpy.context.scene.frame_start if frame_start is None else int(frame_start)
-    return ChannelPlan(armature.name, plan, found.preset, dict(found.mapping), mode, fps, start)
+    return ChannelPlan(armature.name, plan, found.preset, dict(found.mapping), mode, fps, start, bool(ik_legs))
 
 
 def solve_channels(plan: ChannelPlan, joints_blender: np.ndarray, *, src_fps: float = 20.0,
@@ -164,23 +169,29 @@ def solve_channels(plan: ChannelPlan, joints_blender: np.ndarray, *, src_fps: fl
     retarget.check_bone_lengths(src, plan.plan)  # before smoothing could blur a broken frame away
     source = prepare_source(src, float(src_fps), foot_lock=foot_lock, smooth=smoothing, contacts=contacts)
     joints = resample(source, float(src_fps), plan.fps)
-    result = retarget.retarget(plan.plan, joints, fps=plan.fps, root_mode=plan.root_mode, scale=scale)
+    if contacts is not None:  # nearest source frame for each key
+        rows = np.minimum(np.round(np.arange(len(joints)) * float(src_fps) / plan.fps).astype(int), len(src) - 1)
+        contacts = np.asarray(contacts)[rows]
+    result = retarget.retarget(plan.plan, joints, fps=plan.fps, root_mode=plan.root_mode, scale=scale,
+                               contacts=contacts)
     hips = plan.root_bone
     return PoseChannels(
         frames=plan.frame_start + np.arange(len(joints), dtype=np.float64), bone_names=result.bone_names,
         quaternions=result.quaternions, root_bone=hips, location=result.locations[hips], fps=plan.fps,
         scale=result.scale, locations=result.locations, preset=plan.preset, root_mode=plan.root_mode,
-        mapping=dict(plan.mapping), foot_lock=bool(foot_lock), smoothing=bool(smoothing))
+        mapping=dict(plan.mapping), foot_lock=bool(foot_lock), smoothing=bool(smoothing),
+        properties={b: dict(v) for b, v in (plan.plan.properties or {}).items()}, ik_legs=plan.ik_legs,
+        contacts=result.contacts)
 
 
 def joints_to_channels(armature: bpy.types.Object, joints_blender: np.ndarray, *, src_fps: float = 20.0,
                        dst_fps: float | None = None, root_motion: bool = True, frame_start: int | None = None,
                        scale: float | None = None, preset: str | Mapping[str, str] | None = "auto",
                        root_mode: str | None = None, foot_lock: bool = False, smoothing: bool = False,
-                       contacts: np.ndarray | None = None) -> PoseChannels:
+                       contacts: np.ndarray | None = None, ik_legs: bool = False) -> PoseChannels:
     """plan_channels then solve_channels, on the calling (main) thread: see both for the
     arguments. Raises ValueError before any change when something is wrong."""
     plan = plan_channels(armature, preset=preset, root_mode=root_mode, root_motion=root_motion, dst_fps=dst_fps,
-                         frame_start=frame_start)
+                         frame_start=frame_start, ik_legs=ik_legs)
     return solve_channels(plan, joints_blender, src_fps=src_fps, foot_lock=foot_lock, smoothing=smoothing,
                           contacts=contacts, scale=scale)

@@ -50,7 +50,7 @@ CORE_JOINTS: tuple[str, ...] = MIN_REQUIRED + ("spine1", "neck", "head")
 FORWARD_AXES = ("+X", "-X", "+Y", "-Y")
 SOURCE = "humanml3d"
 FIELDS = ("id", "name", "description", "source", "bones", "alternates", "required",
-          "between", "root_bone", "forward", "priority")
+          "between", "root_bone", "forward", "priority", "controls", "torso", "properties", "ik_legs")
 MIN_SCORE = 0.5  # below this share of a preset's bones found, no preset is recognised
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9_]{0,63}$")
 FIX_HINT = ("pick another preset or map the joints by hand in the IRG Motion panel, "
@@ -76,6 +76,10 @@ class Preset:
     forward: str | None = None
     priority: int = 0
     source: str = SOURCE
+    controls: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    torso: dict | None = None  # {"bone": name, "joints": [joint, ...]}
+    properties: dict[str, dict[str, float]] = field(default_factory=dict)
+    ik_legs: dict | None = None  # {"controls": {joint: [bones]}, "poles": {knee joint: bone}, "properties": {...}}
     path: Path | None = field(default=None, compare=False)
 
     @classmethod
@@ -93,7 +97,11 @@ class Preset:
             required=tuple(data["required"]),
             between={j: tuple(v) for j, v in data.get("between", {}).items()},
             root_bone=data.get("root_bone"), forward=data.get("forward"),
-            priority=data.get("priority", 0), source=data.get("source", SOURCE), path=path,
+            priority=data.get("priority", 0), source=data.get("source", SOURCE),
+            controls={j: tuple(v) for j, v in data.get("controls", {}).items()},
+            torso=data.get("torso"),
+            properties={b: {k: float(v) for k, v in props.items()} for b, props in data.get("properties", {}).items()},
+            ik_legs=data.get("ik_legs"), path=path,
         )
 
     def to_dict(self) -> dict:
@@ -106,6 +114,10 @@ class Preset:
             "required": list(self.required),
             "between": {j: list(v) for j, v in self.between.items()},
             "root_bone": self.root_bone, "forward": self.forward, "priority": self.priority,
+            **({"controls": {j: list(self.controls[j]) for j in JOINTS if j in self.controls}} if self.controls else {}),
+            **({"torso": self.torso} if self.torso else {}),
+            **({"properties": {b: dict(v) for b, v in self.properties.items()}} if self.properties else {}),
+            **({"ik_legs": self.ik_legs} if self.ik_legs else {}),
         }
 
     @property
@@ -210,7 +222,38 @@ def preset_problems(data: object, stem: str | None = None) -> list[str]:
         problems.append(f"forward {data.get('forward')!r} must be null or one of {', '.join(FORWARD_AXES)}")
     if not isinstance(data.get("priority", 0), int) or isinstance(data.get("priority"), bool):
         problems.append("'priority' must be an integer")
+    controls = _check_name_lists("controls", data.get("controls", {}), problems)
+    unmapped = [j for j in controls if j not in bones]
+    if unmapped:
+        problems.append(f"'controls' for joints without a bone in 'bones': {unmapped}")
+    torso = data.get("torso")
+    if torso is not None and not (isinstance(torso, dict) and set(torso) == {"bone", "joints"}
+                                  and _is_name(torso["bone"]) and isinstance(torso["joints"], list)
+                                  and torso["joints"] and all(j in bones for j in torso["joints"])):
+        problems.append("'torso' must be null or {\"bone\": name, \"joints\": [mapped joints]}")
+    _check_properties(data.get("properties", {}), problems)
+    ik = data.get("ik_legs")
+    if ik is not None:
+        if not isinstance(ik, dict) or set(ik) != {"controls", "poles", "properties"}:
+            problems.append("'ik_legs' must be null or {\"controls\": ..., \"poles\": ..., \"properties\": ...}")
+        else:
+            legs = _check_name_lists("ik_legs.controls", ik["controls"], problems)
+            if any(not j.endswith(("_ankle", "_foot")) or j not in bones for j in legs):
+                problems.append("'ik_legs.controls' are for mapped ankle and toe joints")
+            poles = _check_joint_keys("ik_legs.poles", ik["poles"], problems)
+            if any(not j.endswith("_knee") or not _is_name(b) for j, b in poles.items()):
+                problems.append("'ik_legs.poles' maps knee joints to pole bones")
+            _check_properties(ik["properties"], problems)
     return problems
+
+
+def _check_properties(value: object, problems: list[str]) -> None:
+    """'properties' is {bone: {custom property: number}}."""
+    if not isinstance(value, dict) or not all(
+            _is_name(b) and isinstance(p, dict) and p and all(
+                _is_name(k) and isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in p.items())
+            for b, p in value.items()):
+        problems.append("'properties' must be {bone: {custom property: number}}")
 
 
 def load_preset(path: str | os.PathLike) -> Preset:
@@ -360,6 +403,10 @@ class Detection:
     root_bone: str | None = None
     bone_count: int = 0
     ranking: list[tuple[Preset, float]] = field(default_factory=list)
+    controls: dict[str, list[str]] = field(default_factory=dict)  # joint -> control bones keyed for it (found)
+    torso: tuple[str, list[str]] | None = None  # (bone, joints) of the preset's torso control, when found
+    ik_legs: dict | None = None  # the preset's IK leg controls, poles and properties, in this rig's names
+    properties: dict[str, dict[str, float]] = field(default_factory=dict)  # bone -> {property: value} (found)
 
     @property
     def ok(self) -> bool:
@@ -412,9 +459,10 @@ def resolve_map(preset: Preset, bone_names: Iterable[str]) -> tuple[dict[str, st
     return _resolve(preset, _BoneIndex(bone_names))
 
 
-def match_preset(preset: Preset, bone_names: Iterable[str]) -> Detection:
-    """Apply one preset to an armature's bone names (e.g. the one the user picked)."""
-    index = _BoneIndex(bone_names)
+def match_preset(preset: Preset, bone_names: Iterable[str], index: "_BoneIndex | None" = None) -> Detection:
+    """Apply one preset to an armature's bone names (e.g. the one the user picked); `index`: those
+    names already indexed (detect_preset indexes them once for every preset)."""
+    index = index or _BoneIndex(bone_names)
     mapping, missing = _resolve(preset, index)
     used = set(mapping.values())
     between: dict[str, list[str]] = {}
@@ -426,7 +474,21 @@ def match_preset(preset: Preset, bone_names: Iterable[str]) -> Detection:
     root = None if root in used else root
     total = len(preset.bones) + sum(len(v) for v in preset.between.values())
     score = (len(mapping) + sum(len(v) for v in between.values())) / total
-    return Detection(preset, score, mapping, missing, between, root, len(index.names))
+    controls = {j: [c for c in (index.find(n) for n in names) if c is not None]
+                for j, names in preset.controls.items() if j in mapping}
+    torso_bone = index.find(preset.torso["bone"]) if preset.torso else None
+    torso = (torso_bone, [j for j in preset.torso["joints"] if j in mapping]) if torso_bone else None
+    properties = {b: dict(v) for b, v in ((index.find(n), v) for n, v in preset.properties.items()) if b is not None}
+    ik_legs = None
+    if preset.ik_legs:
+        ik = preset.ik_legs
+        ik_legs = {"controls": {j: [c for c in (index.find(n) for n in names) if c is not None]
+                                for j, names in ik["controls"].items() if j in mapping},
+                   "poles": {j: p for j, p in ((j, index.find(n)) for j, n in ik["poles"].items()) if p is not None},
+                   "properties": {b: dict(v) for b, v in ((index.find(n), v) for n, v in ik["properties"].items())
+                                  if b is not None}}
+    return Detection(preset, score, mapping, missing, between, root, len(index.names), controls=controls,
+                     torso=torso, properties=properties, ik_legs=ik_legs)
 
 
 def detect_preset(bone_names: Iterable[str], presets: Mapping[str, Preset] | None = None) -> Detection:
@@ -440,7 +502,8 @@ def detect_preset(bone_names: Iterable[str], presets: Mapping[str, Preset] | Non
     """
     names = list(bone_names)
     presets = load_presets() if presets is None else presets
-    matches = [match_preset(p, names) for p in presets.values()]
+    index = _BoneIndex(names)
+    matches = [match_preset(p, names, index) for p in presets.values()]
     if not matches:
         return Detection(None, 0.0, {}, list(MIN_REQUIRED), bone_count=len(names))
 

@@ -17,14 +17,26 @@ motion (falling back to "forward perpendicular to the bone" when the rig's hip o
 chest children are degenerate, e.g. several bones starting at one point).
 
 Other bones: leaves (head, hands, toes) and unmapped bones keep their rest pose
-relative to their parent; bones between A and k's bone C (extra spine segments,
+relative to what they follow; bones between A and k's bone C (extra spine segments,
 twist segments) and twist bones beside that span turn with A plus a share of C's
 twist about the span (their fraction along it), so C's head still lands exactly.
-Local channels, parents first: L_b = R_b^-1 W_p^-1 W_b R_b (R rest rotations in
-armature space, turned by the object's rotation so +Z is up; W world rotations
-from rest to pose). Root translation:
+Local channels: L_b = R_b^-1 W_p^-1 W_b R_b (R rest rotations in armature space,
+turned by the object's rotation so +Z is up; W world rotations from rest to pose;
+W_p what the bone's keys are relative to, as the rig makes it: its parent's
+rotation through the constraints the parent follows, identity when the bone does
+not inherit rotation; follow.py).
+
+Control rigs (a preset with `controls`, e.g. Rigify): the joints are read on the
+bones that show them (Rigify's ORG bones, which its DEF bones follow) and the keys
+go on the controls, each turned as its joint's bone (`torso` by the mean turn of
+some joints, the controls below it taking the rest); the preset's switches
+(`properties`) are keyed too. A joint bone whose rotation a constraint copies in
+full from another bone is keyed through that bone. Root translation:
 model_backend.rig_math.rootmotion (hip-height scale, modes), then one floor offset so the
-rig's lowest foot point over the clip sits at z = 0.
+rig's lowest foot point over the clip sits at z = 0; the bone that carries it is the
+pelvis's control (or the first unconnected bone above a connected one), placed so
+the pelvis joint lands. IK legs (optional): the feet's IK controls at the ankles,
+pinned during foot contacts (model_backend.rig_math.footlock), poles from the solved knees.
 """
 from __future__ import annotations
 
@@ -36,8 +48,8 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from . import presets, armature as rig
-from ..core import quat, rootmotion, skeleton, solver
+from . import follow, presets, armature as rig
+from ..core import footlock, quat, rootmotion, skeleton, solver
 
 SKELETON = skeleton.HUMANML3D
 JOINTS = SKELETON.joint_names
@@ -64,9 +76,14 @@ class RigRest:
     heads: np.ndarray        # (B, 3)
     tails: np.ndarray        # (B, 3)
     connected: np.ndarray    # (B,) use_connect
+    follow: follow.Follow    # inherit rotation, constraints that turn bones
 
     def index(self, name: str) -> int:
-        return self.bones.index(name)
+        return self._where[name]
+
+    @cached_property
+    def _where(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.bones)}
 
 
 @dataclass(frozen=True)
@@ -94,11 +111,17 @@ class Plan:
     span_end: np.ndarray         # (D,) bone index of the aimed-at joint's bone with data, -1 if none
     shares: tuple[Share, ...]
     keyed: np.ndarray            # bones that get keys, parents first
-    pelvis: int
+    pelvis: int                  # the bone whose location carries the hips (the pelvis joint's control)
     root_bone: int               # -1: none
     hip_height: float
-    foot_points: tuple[tuple[int, bool], ...]  # (bone, use its tail)
+    foot_points: tuple[tuple[int, np.ndarray], ...]  # (joint, rest offset from it turned with its bone)
     rest_front_rule: str         # "solver" or "convention"
+    controls: tuple[tuple[int, int], ...]  # (joint, bone keyed for it); often the joint's own bone
+    control_turns: np.ndarray    # (C, 3, 3) W_control = W_joint's bone @ turn
+    torso: tuple[int, tuple[int, ...]]  # a control rig's torso bone (-1: none), turned as the mean of these joints
+    properties: dict[str, dict[str, float]] = None  # bone -> {custom property: value} keyed over the clip
+    pins: tuple[tuple[int, int], ...] = ()   # (ankle joint, IK foot control) placed at the pinned ankle
+    poles: tuple[tuple[int, int], ...] = ()  # (knee joint, IK pole control) placed in front of the solved knee
 
     @property
     def keyed_names(self) -> tuple[str, ...]:
@@ -121,6 +144,7 @@ class Retargeted:
     heads: np.ndarray                  # (T, 3) posed head of the pelvis bone
     scale: float
     floor: float                       # height added after scaling (rig units)
+    contacts: np.ndarray | None = None  # (T, 4) foot contacts the IK feet were pinned in (IK legs only)
 
 
 # ---------------------------------------------------------------- reading the rig (bpy)
@@ -133,8 +157,10 @@ def _object_rotation(armature) -> np.ndarray:
     return u @ vt
 
 
-def read_rest(armature) -> RigRest:
-    """Rest matrices, heads, tails and parents of every bone, read in bulk.
+def read_rest(armature, properties: Mapping[str, Mapping[str, float]] | None = None) -> RigRest:
+    """Rest matrices, heads, tails and parents of every bone, read in bulk, and how the bones
+    follow each other (follow.read_follow; properties: custom properties set while reading it,
+    e.g. a control rig's IK/FK switches at FK).
 
     Expressed in the armature's space turned by the object's world rotation, so that
     +Z is up for rigs whose object is rotated (FBX imports: Y-up bones under a 90
@@ -154,11 +180,12 @@ def read_rest(armature) -> RigRest:
     bones.foreach_get("tail_local", tails)
     bones.foreach_get("use_connect", connected)
     mats = np.swapaxes(mats.reshape(n, 4, 4), 1, 2)  # foreach_get gives column-major matrices
+    where = {name: i for i, name in enumerate(names)}
     depth = {}
     for i, name in enumerate(names):
         d, p = 0, parent_names[i]
         while p is not None:
-            d, p = d + 1, parent_names[names.index(p)]
+            d, p = d + 1, parent_names[where[p]]
         depth[name] = d
     order = sorted(range(n), key=lambda i: depth[names[i]])
     ordered = tuple(names[i] for i in order)
@@ -167,7 +194,8 @@ def read_rest(armature) -> RigRest:
     turn = _object_rotation(armature)
     return RigRest(armature.name, ordered, parents, turn @ mats[order, :3, :3].astype(np.float64),
                    heads.reshape(n, 3)[order].astype(np.float64) @ turn.T,
-                   tails.reshape(n, 3)[order].astype(np.float64) @ turn.T, connected[order])
+                   tails.reshape(n, 3)[order].astype(np.float64) @ turn.T, connected[order],
+                   follow.read_follow(armature, ordered, properties))
 
 
 @dataclass(frozen=True)
@@ -177,6 +205,10 @@ class BoneMap:
     preset: str
     mapping: dict[str, str]
     root_bone: str | None
+    controls: dict[str, list[str]] = None    # joint -> control bones keyed for it (None: the joint's bone)
+    torso: tuple[str, list[str]] | None = None  # a control rig's torso control and the joints it turns with
+    properties: dict[str, dict[str, float]] = None  # bone -> {custom property: value} keyed over the clip
+    ik_legs: dict | None = None  # the preset's IK leg controls, poles and properties (None: it has none)
 
 
 # Folders of user presets searched besides the bundled ones (ui.retarget.register sets the
@@ -222,7 +254,27 @@ def bone_map(armature, preset: str | Mapping[str, str] | presets.Preset | None =
         found = presets.match_preset(preset, names)
     if not found.ok:
         raise ValueError(f"Armature {armature.name!r}: cannot retarget onto it. {found.report()}".replace("\n", " "))
-    return BoneMap(found.preset.id, dict(found.mapping), found.root_bone)
+    return BoneMap(found.preset.id, dict(found.mapping), found.root_bone, dict(found.controls), found.torso,
+                   {b: dict(v) for b, v in found.properties.items()}, found.ik_legs)
+
+
+def plan_for(armature, found: BoneMap, ik_legs: bool = False) -> "Plan":
+    """The retarget plan of an armature with its bone map (reads the rig once). The map's custom
+    properties are kept for the bones that have them. ik_legs: key the preset's IK leg controls
+    too (feet at the ankles, pinned during contacts; poles from the knees) and switch the legs to IK."""
+    controls, properties, ik = dict(found.controls or {}), dict(found.properties or {}), None
+    if ik_legs:
+        if not found.ik_legs:
+            raise ValueError(f"The rig preset {found.preset!r} has no IK leg controls: turn IK Legs off, or add "
+                             "'ik_legs' to the preset.")
+        properties.update(found.ik_legs["properties"])
+        ik = {"controls": found.ik_legs["controls"], "poles": found.ik_legs["poles"]}
+    bones = armature.pose.bones
+    properties = {b: {k: v for k, v in values.items() if k in bones[b]} for b, values in properties.items()
+                  if b in bones}
+    properties = {b: v for b, v in properties.items() if v}
+    return make_plan(read_rest(armature, properties), found.mapping, found.root_bone, controls, properties,
+                     found.torso, ik)
 
 
 # ---------------------------------------------------------------- small numpy helpers
@@ -323,13 +375,6 @@ def _convention_fronts(rest_joints: np.ndarray, aims: np.ndarray, joints: np.nda
     return np.array(out)
 
 
-def _is_below(r: RigRest, bone: int, ancestor: int) -> bool:
-    p = int(r.parents[bone])
-    while p >= 0 and p != ancestor:
-        p = int(r.parents[p])
-    return p == ancestor
-
-
 def _span_bones(r: RigRest, a: int, c: int) -> list[int] | None:
     """Bones strictly between bone a and its descendant c (None when c is not below a)."""
     path, b = [], r.parents[c]
@@ -381,13 +426,7 @@ def _joint_bones(r: RigRest, mapping: Mapping[str, str]) -> np.ndarray:
     if needed:
         raise ValueError(f"Armature {r.name!r}: no bone for {', '.join(needed)}: map them (pick a preset or map "
                          "the joints by hand).")
-    joint_bone = np.array([r.index(mapping[n]) if n in mapping else -1 for n in JOINTS])
-    pelvis = int(joint_bone[0])
-    outside = [n for n, b in mapping.items() if b != mapping["pelvis"] and not _is_below(r, r.index(b), pelvis)]
-    if outside:
-        raise ValueError(f"Armature {r.name!r}: the bones of {', '.join(outside)} are not below the hips bone "
-                         f"{mapping['pelvis']!r}: parent the legs, spine and arms under the hips, or fix the bone map.")
-    return joint_bone
+    return np.array([r.index(mapping[n]) if n in mapping else -1 for n in JOINTS])
 
 
 def _aims(joint_bone: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -419,75 +458,158 @@ def _check_rest_aims(r: RigRest, mapping: Mapping[str, str], joint_bone: np.ndar
     return aims
 
 
-def _ancestors_of_mapped(r: RigRest, mapped: set[int]) -> np.ndarray:
-    """(B,) True for bones with a mapped bone below them."""
-    out = np.zeros(len(r.bones), dtype=bool)
-    for b in mapped:
-        p = r.parents[b]
-        while p >= 0 and not out[p]:
-            out[p] = True
-            p = r.parents[p]
-    return out
+def _controls(r: RigRest, joint_bone: np.ndarray, controls: Mapping[str, Iterable[str]]
+              ) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """The bones keyed for each joint, and the turn from its joint bone's world rotation to each.
+
+    With a preset's controls (a control rig), the joints that have them are keyed through
+    them (e.g. Rigify's FK controls), turning as the joint's bone does; the others are not
+    keyed. Otherwise the joint's own bone, unless a constraint copies another bone's
+    rotation onto it in full: then that bone is keyed, so the constraint is kept and the
+    pose still lands."""
+    missing = [b for names in controls.values() for b in names if b not in r.bones]
+    if missing:
+        raise ValueError(f"Armature {r.name!r} has no control bones named {', '.join(map(repr, missing))}.")
+    pairs, turns = [], []
+    for j, b in enumerate(joint_bone):
+        if b < 0:
+            continue
+        if controls:  # a control rig: only the joints with a control are keyed
+            for name in controls.get(JOINTS[j], ()):
+                pairs.append((j, r.index(name)))
+                turns.append(np.eye(3))
+            continue
+        c = int(b)
+        for _ in range(len(r.bones)):  # follow full copies to the bone they read
+            links = r.follow.links[c]
+            if not links or links[-1].kind != "world" or links[-1].influence < 0.999 or r.follow.driven[c]:
+                break
+            c = links[-1].target
+        pairs.append((j, c))
+        turns.append(r.rest[b] @ r.rest[c].T)  # pose orientations equal: W_c R_c = W_b R_b
+    return pairs, np.array(turns).reshape(-1, 3, 3)
 
 
-def _root_bone(r: RigRest, name: str | None, hips: str, mapped: set[int], above: np.ndarray) -> int:
+def _check_below(r: RigRest, controls: list[tuple[int, int]], pelvis: int) -> None:
+    """ValueError unless every control follows the pelvis's control (by parenting or constraints)."""
+    outside = sorted({JOINTS[j] for j, c in controls
+                      if c != pelvis and pelvis not in follow.upstream(r.parents, r.follow, [c])}, key=JOINTS.index)
+    if outside:
+        raise ValueError(f"Armature {r.name!r}: the bones of {', '.join(outside)} are not below the hips bone "
+                         f"{r.bones[pelvis]!r}: parent the legs, spine and arms under the hips, or fix the bone map.")
+
+
+def _root_bone(r: RigRest, name: str | None, hips: str, keyed: set[int], above: set[int]) -> int:
     if name is None:
         return -1
     if name not in r.bones:
         raise ValueError(f"Armature {r.name!r} has no root bone {name!r}.")
     root = r.index(name)
-    if not above[root] or root in mapped:
+    if root not in above or root in keyed:
         raise ValueError(f"Root bone {name!r} is not above the hips bone {hips!r}: pick the bone the whole "
                          "skeleton hangs from.")
     return root
 
 
-def _foot_points(r: RigRest, joint_bone: np.ndarray, pelvis: int) -> tuple[tuple[int, bool], ...]:
-    """(bone, use its tail) of the ankle and toe heads (the ankle's tail without toes); ValueError
+def _foot_points(r: RigRest, joint_bone: np.ndarray, rest_joints: np.ndarray
+                 ) -> tuple[tuple[int, np.ndarray], ...]:
+    """(joint, offset) of the ankle and toe heads (the ankle bone's tail without toes); ValueError
     unless the hips stand above them."""
     points = []
     for ankle, toe in (("left_ankle", "left_foot"), ("right_ankle", "right_foot")):
-        ankle_bone, toe_bone = (int(joint_bone[SKELETON.index(n)]) for n in (ankle, toe))
-        points += [(ankle_bone, False), (toe_bone, False) if toe_bone >= 0 else (ankle_bone, True)]
-    if r.heads[pelvis][2] <= min((r.tails if tail else r.heads)[b][2] for b, tail in points):
+        a, t = SKELETON.index(ankle), SKELETON.index(toe)
+        points.append((a, np.zeros(3)))
+        points.append((t, np.zeros(3)) if joint_bone[t] >= 0 else (a, r.tails[joint_bone[a]] - r.heads[joint_bone[a]]))
+    if rest_joints[0][2] <= min((rest_joints[j] + off)[2] for j, off in points):
         raise ValueError(f"Armature {r.name!r}: the hips bone is not above the feet in the rest pose; retargeting "
                          "needs a standing rig (Z up in the world).")
     return tuple(points)
 
 
-def make_plan(r: RigRest, mapping: Mapping[str, str], root_bone: str | None = None) -> Plan:
+def _mover(r: RigRest, pelvis: int) -> int:
+    """The bone whose location carries the hips: the hips' bone, or when it is connected to its
+    parent (FBX imports connect bones that touch) the first unconnected bone above it whose
+    rotation is its keys' (often the root bone)."""
+    b = pelvis
+    while r.connected[b] and r.parents[b] >= 0 and not r.follow.overridden(int(r.parents[b])):
+        b = int(r.parents[b])
+    return pelvis if r.connected[b] else b
+
+
+def _keyed(r: RigRest, controls: set[int], shares: list[Share], root: int) -> list[int]:
+    """Controls, share bones, the root bone, and the free bones the controls hang from or read
+    (kept at rest relative to what they follow); parents first."""
+    fixed = r.follow
+    above = {b for b in follow.upstream(r.parents, fixed, controls)
+             if not fixed.overridden(b) and not fixed.locked[b]}
+    return sorted(controls | above | {s.bone for s in shares} | ({root} if root >= 0 else set()))
+
+
+def make_plan(r: RigRest, mapping: Mapping[str, str], root_bone: str | None = None,
+              controls: Mapping[str, Iterable[str]] | None = None,
+              properties: Mapping[str, Mapping[str, float]] | None = None,
+              torso: tuple[str, Iterable[str]] | None = None,
+              ik: Mapping[str, Mapping[str, str]] | None = None) -> Plan:
     """Everything per rig: rest joints and frames, spans, keyed bones, hip height.
 
     mapping: {HumanML3D joint name: bone name} (each joint's bone has its head at
     the joint); root_bone: an unmapped bone above the pelvis bone that carries the
-    ground motion in the "root_bone" mode. Raises ValueError naming the problem."""
+    ground motion in the "root_bone" mode; controls: {joint: [bones keyed instead of the
+    joint's bone]} (a control rig's); properties: {bone: {custom property: value}} keyed
+    over the clip (a control rig's switches); torso: (bone, joints) a control rig's body
+    control, which carries the hips' place and the mean turn of the joints' bones (the
+    controls below it take the rest); ik: {"controls": {ankle or toe joint: [IK controls]},
+    "poles": {knee joint: IK pole}} for IK legs: keyed too, the ankles' controls placed at the
+    ankles, pinned during foot contacts, the poles in front of the knees. Raises ValueError
+    naming the problem."""
     joint_bone = _joint_bones(r, mapping)
     rest_joints = _rest_joints(r, joint_bone)
     data_joint, data_aim = _aims(joint_bone)
     aims = _check_rest_aims(r, mapping, joint_bone, rest_joints, data_joint, data_aim)
     degenerate = _degenerate(rest_joints)
-    fronts = (_convention_fronts(rest_joints, aims, data_joint) if degenerate
-              else solve_fronts(rest_joints[None])[0][0, data_joint])
+    if not degenerate:
+        try:
+            fronts = solve_fronts(rest_joints[None])[0][0, data_joint]
+        except ValueError:  # a rest pose the solver's T-pose fit cannot take (hips above the pelvis joint)
+            degenerate = True
+    if degenerate:
+        fronts = _convention_fronts(rest_joints, aims, data_joint)
     data_bone = joint_bone[data_joint]
     has_data = set(data_joint.tolist())
     span_end = np.array([joint_bone[k] if joint_bone[k] >= 0 and k in has_data else -1 for k in data_aim])
 
+    pairs, turns = _controls(r, joint_bone, controls or {})
+    keyed_controls = {c for _, c in pairs}
+    body = (r.index(torso[0]), tuple(JOINTS.index(j) for j in torso[1])) if torso else (-1, ())
+    pelvis = body[0] if body[0] >= 0 else next((c for j, c in pairs if j == 0), int(joint_bone[0]))
+    keyed_controls |= {pelvis}
+    _check_below(r, pairs, pelvis)
     mapped = set(joint_bone[joint_bone >= 0].tolist())
-    above = _ancestors_of_mapped(r, mapped)
-    pelvis = int(joint_bone[0])
-    root = _root_bone(r, root_bone, mapping["pelvis"], mapped, above)
+    above = follow.upstream(r.parents, r.follow, keyed_controls)
+    has_mapped_below = np.zeros(len(r.bones), dtype=bool)
+    has_mapped_below[list(above)] = True
+    own = {j for j, c in pairs if c == joint_bone[j]}  # twist shares only along spans keyed on their own bones
+    span = np.array([e if j in own else -1 for j, e in zip(data_joint, span_end)])
+    shares = [s for s in _shares(r, mapped, data_bone, span, has_mapped_below) if not r.follow.overridden(s.bone)]
+    root = _root_bone(r, root_bone, r.bones[pelvis], keyed_controls, above)
+    pelvis = _mover(r, pelvis)
+    keyed_controls |= {pelvis}
     for b, what in ((pelvis, "hips"), (root, "root")):
         if b >= 0 and r.connected[b]:
             raise ValueError(f"The {what} bone {r.bones[b]!r} is connected to its parent, so it cannot move: "
                              "disconnect it in Edit Mode (Bone properties > Relations).")
-    shares = _shares(r, mapped, data_bone, span_end, above)
-    keyed = sorted(mapped | set(np.nonzero(above)[0].tolist()) | {s.bone for s in shares})  # parents first
-    foot_points = _foot_points(r, joint_bone, pelvis)
+    ik_pairs, ik_turns = _controls(r, joint_bone, ik["controls"]) if ik else ([], np.zeros((0, 3, 3)))
+    pairs, turns = pairs + ik_pairs, np.concatenate([turns, ik_turns])  # IK controls float: not below the hips
+    pins = tuple((j, c) for j, c in ik_pairs if JOINTS[j].endswith("_ankle"))
+    poles = tuple((JOINTS.index(j), r.index(b)) for j, b in (ik or {}).get("poles", {}).items())
+    keyed = _keyed(r, keyed_controls | {c for _, c in ik_pairs} | {b for _, b in poles}, shares, root)
+    foot_points = _foot_points(r, joint_bone, rest_joints)
     # Measured like the source's: on the T-pose with the rig's own bone lengths (pose independent).
     hip_height = rootmotion.rest_hip_height(solver.rest_offsets_for(skeleton.from_blender(rest_joints)[None]))
     return Plan(r, dict(mapping), joint_bone, rest_joints, data_joint, data_aim, data_bone, _frame(aims, fronts),
                 span_end, tuple(shares), np.array(keyed), pelvis, root, hip_height, foot_points,
-                "convention" if degenerate else "solver")
+                "convention" if degenerate else "solver", tuple(pairs), turns, body,
+                {b: dict(v) for b, v in (properties or {}).items()}, pins, poles)
 
 
 # ---------------------------------------------------------------- per clip
@@ -509,98 +631,187 @@ def _twist(rel: np.ndarray, axis: np.ndarray) -> np.ndarray:
     return 2.0 * np.arctan2(q[:, 1:] @ axis, q[:, 0])
 
 
+def _solve(plan: Plan, joints: np.ndarray, fronts: np.ndarray, root_yaw: np.ndarray | None) -> follow.Evaluator:
+    """The world rotations of the keyed bones (given) and of every other bone (by how it follows)."""
+    r = plan.rig
+    frames = _frame(joints[:, plan.data_aim] - joints[:, plan.data_joint], fronts[:, plan.data_joint])
+    data_world = frames @ np.swapaxes(plan.rest_frames, -1, -2)  # S B^T
+    joint_world = {int(j): data_world[:, d] for d, j in enumerate(plan.data_joint)}
+    known: dict[int, np.ndarray] = {}
+    for (j, c), turn in zip(plan.controls, plan.control_turns):
+        if j not in joint_world:
+            if c == plan.joint_bone[j]:
+                continue  # a leaf on its own bone: rest relative to its parent bone
+            a = SKELETON.parents[j]  # a leaf's control turns with the joint above it
+            while a not in joint_world:
+                a = SKELETON.parents[a]
+            joint_world[j] = joint_world[a]
+        known[c] = joint_world[j] @ turn
+    body, joints_of_body = plan.torso
+    if body >= 0:
+        mean = quat.quat_from_matrix(joint_world[joints_of_body[0]])
+        for k, j in enumerate(joints_of_body[1:], start=2):
+            mean = quat.quat_slerp(mean, quat.quat_from_matrix(joint_world[j]), 1.0 / k)
+        known[body] = quat.quat_to_matrix(mean)
+    twist = {}
+    for s in plan.shares:
+        if s.span not in twist:
+            a, c = int(plan.data_bone[s.span]), int(plan.span_end[s.span])
+            twist[s.span] = _twist(np.swapaxes(known[a], -1, -2) @ known[c], s.axis)
+    for s in plan.shares:
+        known[s.bone] = known[int(plan.data_bone[s.span])] @ _rotation(s.axis, s.fraction * twist[s.span])
+    if plan.root_bone >= 0 and root_yaw is not None:
+        known[plan.root_bone] = _yaw(root_yaw)
+    ev = follow.Evaluator(r.parents, r.rest, r.follow, known, len(joints))
+    ev.joints = joint_world  # the joints' bones as solved (a control rig's may not show them: IK)
+    ev.given = known
+    return ev
+
+
 def world_rotations(plan: Plan, joints: np.ndarray, fronts: np.ndarray,
                     root_yaw: np.ndarray | None = None) -> np.ndarray:
     """World rotations from rest to pose (T, K, 3, 3) of the keyed bones.
 
     joints, fronts: (T, 22, 3) source joints and the solver's fronts, Blender axes.
     root_yaw: (T,) the root bone's turn about +Z (the "root_bone" mode)."""
-    r = plan.rig
-    count = len(joints)
-    frames = _frame(joints[:, plan.data_aim] - joints[:, plan.data_joint], fronts[:, plan.data_joint])
-    data_world = frames @ np.swapaxes(plan.rest_frames, -1, -2)  # S B^T
-    world: dict[int, np.ndarray] = {int(b): data_world[:, d] for d, b in enumerate(plan.data_bone)}
-    share = {s.bone: s for s in plan.shares}
-    twist = {}
-    for s in plan.shares:
-        if s.span not in twist:
-            a, c = plan.data_bone[s.span], plan.span_end[s.span]
-            twist[s.span] = _twist(np.swapaxes(world[a], -1, -2) @ world[c], s.axis)
-    eye = np.broadcast_to(np.eye(3), (count, 3, 3))
-    for b in plan.keyed:
-        b = int(b)
-        if b in world:
-            continue
-        if b in share:
-            s = share[b]
-            world[b] = world[int(plan.data_bone[s.span])] @ _rotation(s.axis, s.fraction * twist[s.span])
-        elif b == plan.root_bone and root_yaw is not None:
-            world[b] = _yaw(root_yaw)
-        else:
-            p = int(r.parents[b])
-            world[b] = world[p] if p >= 0 else eye
-    return np.stack([world[int(b)] for b in plan.keyed], axis=1)
+    ev = _solve(plan, joints, fronts, root_yaw)
+    return np.stack([ev.world(int(b)) for b in plan.keyed], axis=1)
 
 
-def local_rotations(plan: Plan, world: np.ndarray) -> np.ndarray:
-    """Local channels (T, K, 4): L_b = R_b^-1 W_p^-1 W_b R_b, continuous in time."""
+def _locals(plan: Plan, ev: follow.Evaluator) -> np.ndarray:
     r = plan.rig
-    parent_world = np.empty_like(world)
-    for k, b in enumerate(plan.keyed):
-        p = int(r.parents[b])
-        parent_world[:, k] = world[:, plan.slot[p]] if p >= 0 else np.eye(3)
+    world = np.stack([ev.world(int(b)) for b in plan.keyed], axis=1)
+    parent_world = np.stack([ev.base(int(b)) for b in plan.keyed], axis=1)
     rest = r.rest[plan.keyed]
     local = np.swapaxes(rest, -1, -2) @ np.swapaxes(parent_world, -1, -2) @ world @ rest
     return quat.quat_continuity(quat.quat_from_matrix(local), axis=0)
 
 
-def _offsets_from(plan: Plan, world: np.ndarray, top: int, bone: int) -> np.ndarray:
-    """(T, 3) posed position of bone's head relative to bone top's head (bone below top)."""
-    r = plan.rig
-    total = np.zeros((len(world), 3))
-    b = bone
-    while b != top:
-        p = int(r.parents[b])
-        total += world[:, plan.slot[p]] @ (r.heads[b] - r.heads[p])
-        b = p
-    return total
+def local_rotations(plan: Plan, world: np.ndarray) -> np.ndarray:
+    """Local channels (T, K, 4) of the keyed bones with world rotations `world` (T, K, 3, 3):
+    L_b = R_b^-1 W_p^-1 W_b R_b, W_p what the bone's keys are relative to (its parent's
+    rotation, as the rig's constraints make it; identity when it does not inherit rotation),
+    continuous in time."""
+    known = {int(b): world[:, k] for k, b in enumerate(plan.keyed)}
+    return _locals(plan, follow.Evaluator(plan.rig.parents, plan.rig.rest, plan.rig.follow, known, len(world)))
 
 
-def foot_heights(plan: Plan, world: np.ndarray, pelvis: np.ndarray) -> np.ndarray:
-    """(T, P) heights of the rig's foot points for the given pelvis head positions (T, 3)."""
+def _joint_turn(plan: Plan, ev: follow.Evaluator, joint: int) -> np.ndarray:
+    """W of a mapped joint's bone: as solved when it has data, else as the rig makes it."""
+    found = getattr(ev, "joints", {}).get(joint)
+    return found if found is not None else ev.world(int(plan.joint_bone[joint]))
+
+
+def joint_positions(plan: Plan, ev: follow.Evaluator, pelvis: np.ndarray) -> np.ndarray:
+    """(T, 22, 3) the rig's joints for the given pelvis joint positions (T, 3): down the joint chain,
+    each rest offset turned with its parent joint's bone (as bones that follow each other rigidly do)."""
+    turns = {}
+    for j in range(SKELETON.num_joints):  # parents first
+        b = int(plan.joint_bone[j])
+        turns[j] = _joint_turn(plan, ev, j) if b >= 0 else turns[SKELETON.parents[j]]
+    out = np.empty((len(pelvis), SKELETON.num_joints, 3))
+    out[:, 0] = pelvis
+    for j in range(1, SKELETON.num_joints):
+        p = SKELETON.parents[j]
+        out[:, j] = out[:, p] + turns[p] @ (plan.rest_joints[j] - plan.rest_joints[p])
+    return out
+
+
+def foot_heights(plan: Plan, ev: follow.Evaluator, pelvis: np.ndarray) -> np.ndarray:
+    """(T, P) heights of the rig's foot points for the given pelvis joint positions (T, 3)."""
+    joints = joint_positions(plan, ev, pelvis)
     out = []
-    for bone, tail in plan.foot_points:
-        pos = pelvis + _offsets_from(plan, world, plan.pelvis, bone)
-        if tail:
-            pos = pos + world[:, plan.slot[bone]] @ (plan.rig.tails[bone] - plan.rig.heads[bone])
-        out.append(pos[:, 2])
+    for joint, offset in plan.foot_points:
+        out.append(joints[:, joint, 2] + (_joint_turn(plan, ev, joint) @ offset)[:, 2])
     return np.stack(out, axis=1)
 
 
-def _location(plan: Plan, world: np.ndarray, bone: int, head: np.ndarray, parent_head: np.ndarray | None
+def _ik_legs(plan: Plan, ev: follow.Evaluator, joints: np.ndarray, anchors: Mapping[int, np.ndarray], fps: float,
+             scale: float, contacts: np.ndarray | None
+             ) -> tuple[follow.Evaluator, dict[str, np.ndarray], np.ndarray]:
+    """IK legs: the feet pinned during foot contacts (model_backend.footlock on the rig's joints,
+    judged in metres), each IK foot at its pinned ankle and turned onto its pinned toe, the poles in
+    front of the solved knees (turned with the thighs). The evaluator with the feet turned, the
+    locations of the feet and poles, and the pinned frames (T, 4)."""
+    r = plan.rig
+    metres = skeleton.from_blender(joints / scale)
+    flags = footlock.pinned_frames(footlock.detect_contacts(metres, contacts=contacts, fps=fps))
+    pinned = skeleton.to_blender(footlock.lock_feet(metres, contacts=contacts, fps=fps)) * scale
+    known = dict(ev.given)
+    for j, c in plan.controls:
+        leg = next((a for a, _ in plan.pins if j in (a, SKELETON.children(a)[0])), None)
+        if leg is not None and c in known:  # the foot's turn from its solved aim onto its pinned aim
+            toe = SKELETON.children(leg)[0]
+            swing = quat.quat_to_matrix(quat.quat_between(joints[:, toe] - joints[:, leg],
+                                                          pinned[:, toe] - pinned[:, leg]))
+            known[c] = swing @ known[c]
+    turned = follow.Evaluator(r.parents, r.rest, r.follow, known, len(joints))
+    turned.joints, turned.given = ev.joints, known
+    heads = {}
+    for ankle, foot in plan.pins:
+        heads[foot] = pinned[:, ankle] + turned.world(foot) @ (r.heads[foot] - plan.rest_joints[ankle])
+    for knee, pole in plan.poles:
+        thigh = _joint_turn(plan, turned, SKELETON.parents[knee])
+        heads[pole] = joints[:, knee] + thigh @ (r.heads[pole] - plan.rest_joints[knee])
+    out = {}
+    for bone, head in heads.items():
+        parent = int(r.parents[bone])
+        parent_head = _posed_head(plan, turned, parent, anchors) if parent >= 0 else None
+        out[r.bones[bone]] = _location(r, turned, bone, head, parent_head)
+    return turned, out, flags
+
+
+def _control_head(plan: Plan, ev: follow.Evaluator, pelvis: np.ndarray) -> np.ndarray:
+    """(T, 3) head of the bone keyed for the hips that puts the pelvis joint's bone at `pelvis`:
+    back up the bone chain between them when the control is above it, else turned rigidly."""
+    r = plan.rig
+    bone, control = int(plan.joint_bone[0]), plan.pelvis
+    head, b = pelvis, bone
+    while b >= 0 and b != control:
+        p = int(r.parents[b])
+        if p >= 0:
+            head = head - ev.world(p) @ (r.heads[b] - r.heads[p])
+        b = p
+    if b == control:
+        return head
+    return pelvis + ev.world(control) @ (r.heads[control] - plan.rest_joints[0])
+
+
+def _position_parent(r: RigRest, bone: int) -> int:
+    """The bone a bone moves with: its parent, else the bone an Armature constraint binds it to."""
+    if r.parents[bone] >= 0:
+        return int(r.parents[bone])
+    return next((link.target for link in r.follow.links[bone] if link.kind == "armature"), -1)
+
+
+def _location(r: RigRest, ev: follow.Evaluator, bone: int, head: np.ndarray, parent_head: np.ndarray | None
               ) -> np.ndarray:
     """The location channel (T, 3) putting bone's head at `head` under its posed parent."""
-    r = plan.rig
     p = int(r.parents[bone])
     rest = r.rest[bone]
     if p < 0:
         return (head - r.heads[bone]) @ rest
-    wp = world[:, plan.slot[p]]
+    wp = ev.base(bone)
     local = np.einsum("tji,tj->ti", wp, head - parent_head) - (r.heads[bone] - r.heads[p])
     return local @ rest
 
 
-def _posed_head(plan: Plan, world: np.ndarray, bone: int, root_head: np.ndarray | None) -> np.ndarray:
-    """(T, 3) posed head of an ancestor of the pelvis (their only motion: the root bone's)."""
+def _posed_head(plan: Plan, ev: follow.Evaluator, bone: int, anchors: Mapping[int, np.ndarray]) -> np.ndarray:
+    """(T, 3) posed head of a bone: from the nearest bone above it (by parent, or the bone an
+    Armature constraint binds it to) whose posed head is known (`anchors`: bone -> (T, 3), the bones
+    whose locations are keyed), down the chain; at rest when none is above it."""
     r = plan.rig
-    if plan.root_bone < 0 or root_head is None:
-        return np.broadcast_to(r.heads[bone], (len(world), 3))
-    b = bone
-    while b >= 0 and b != plan.root_bone:
-        b = int(r.parents[b])
-    if b != plan.root_bone:  # above the root bone: never moves
-        return np.broadcast_to(r.heads[bone], (len(world), 3))
-    return root_head + _offsets_from(plan, world, plan.root_bone, bone)
+    path, b = [], bone
+    while b >= 0 and b not in anchors:
+        path.append(b)
+        b = _position_parent(r, b)
+    if b < 0:
+        return np.broadcast_to(r.heads[bone], (len(ev.eye), 3))
+    head = anchors[b]
+    for child in reversed(path):
+        head = head + ev.world(b) @ (r.heads[child] - r.heads[b])
+        b = child
+    return head
 
 
 def solve_fronts(joints: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -612,18 +823,23 @@ def solve_fronts(joints: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def retarget(plan: Plan, joints: np.ndarray, *, fps: float, root_mode: str = "root_motion",
-             scale: float | None = None) -> Retargeted:
+             scale: float | None = None, contacts: np.ndarray | None = None) -> Retargeted:
     """Channels of the keyed bones for source joints (T, 22, 3; Blender axes, metres, at `fps`).
 
     root_mode: "root_motion" (the hips travel), "in_place" (the ground trajectory is
     removed) or "root_bone" (a separate root bone carries it and the facing). scale:
-    root translation scale; None: rig hip height / source hip height."""
+    root translation scale; None: rig hip height / source hip height. contacts: the (T, 4)
+    contact channels at `fps`, for the feet of IK legs (plans made with IK legs)."""
     if root_mode not in ROOT_MODES:
         raise ValueError(f"unknown root mode {root_mode!r}: use one of {', '.join(ROOT_MODES)}")
     if root_mode == "root_bone" and plan.root_bone < 0:
         raise ValueError(f"Armature {plan.rig.name!r} has no root bone above its hips bone: use the root "
                          "motion or in place mode, or add a root bone (parent of the hips) and pick a preset "
                          "that names it.")
+    if root_mode == "root_bone" and plan.pelvis == plan.root_bone:
+        raise ValueError(f"Armature {plan.rig.name!r}: the hips bone is connected to the root bone, so the root "
+                         "bone cannot carry the ground path apart from the hips: use the root motion or in place "
+                         "mode, or disconnect the hips bone in Edit Mode.")
     check_bone_lengths(joints, plan)
     fronts, rest_offsets = solve_fronts(joints)
     source_height = rootmotion.rest_hip_height(rest_offsets, SKELETON)
@@ -631,22 +847,30 @@ def retarget(plan: Plan, joints: np.ndarray, *, fps: float, root_mode: str = "ro
     motion = rootmotion.root_motion(skeleton.from_blender(joints), SKELETON, mode=root_mode,
                                     target_hip_height=target_height, source_hip_height=source_height, fps=fps)
     yaw = motion.root_yaw if root_mode == "root_bone" else None
-    world = world_rotations(plan, joints, fronts, yaw)
+    ev = _solve(plan, joints, fronts, yaw)
     pelvis = skeleton.to_blender(motion.world_hips())
-    drop = -float(foot_heights(plan, world, pelvis).min())  # the rig's own lowest foot point onto z = 0
+    drop = -float(foot_heights(plan, ev, pelvis).min())  # the rig's own lowest foot point onto z = 0
     pelvis[:, 2] += drop
     r = plan.rig
-    root_head = None
+    anchors: dict[int, np.ndarray] = {}  # bones whose location is keyed -> their posed heads
     locations = {}
     if plan.root_bone >= 0:
         root_head = np.broadcast_to(r.heads[plan.root_bone], pelvis.shape).copy()
         if root_mode == "root_bone":
             root_head[:, :2] = skeleton.to_blender(motion.root)[:, :2]
         parent = int(r.parents[plan.root_bone])
-        parent_head = _posed_head(plan, world, parent, None) if parent >= 0 else None
-        locations[r.bones[plan.root_bone]] = _location(plan, world, plan.root_bone, root_head, parent_head)
+        parent_head = _posed_head(plan, ev, parent, {}) if parent >= 0 else None
+        locations[r.bones[plan.root_bone]] = _location(r, ev, plan.root_bone, root_head, parent_head)
+        anchors[plan.root_bone] = root_head
     parent = int(r.parents[plan.pelvis])
-    parent_head = _posed_head(plan, world, parent, root_head) if parent >= 0 else None
-    locations[r.bones[plan.pelvis]] = _location(plan, world, plan.pelvis, pelvis, parent_head)
-    return Retargeted(plan.keyed_names, local_rotations(plan, world), locations, world, pelvis,
-                      float(motion.scale), float(motion.floor + drop))
+    parent_head = _posed_head(plan, ev, parent, anchors) if parent >= 0 else None
+    anchors[plan.pelvis] = _control_head(plan, ev, pelvis)
+    locations[r.bones[plan.pelvis]] = _location(r, ev, plan.pelvis, anchors[plan.pelvis], parent_head)
+    flags = None
+    if plan.pins or plan.poles:
+        ev, legs, flags = _ik_legs(plan, ev, joint_positions(plan, ev, pelvis), anchors, fps, float(motion.scale),
+                                   contacts)
+        locations.update(legs)
+    world = np.stack([ev.world(int(b)) for b in plan.keyed], axis=1)
+    return Retargeted(plan.keyed_names, _locals(plan, ev), locations, world, pelvis,
+                      float(motion.scale), float(motion.floor + drop), flags)

@@ -114,6 +114,10 @@ class IRG_PG_retarget(bpy.types.PropertyGroup):
                             description="Where the translation goes")
     foot_lock: BoolProperty(name="Foot Locking", default=False,
                             description="Pin the feet while they touch the floor (legs re-solved with two-bone IK)")
+    ik_legs: BoolProperty(name="IK Legs", default=False,
+                          description="On control rigs whose preset has IK leg controls (Rigify): also key the IK "
+                                      "feet at the ankles, planted during foot contacts, and the knee poles, with "
+                                      "the legs switched to IK")
     smoothing: BoolProperty(name="Smoothing", default=False,
                             description="Savitzky-Golay filter on the joint positions (window 11, order 5)")
     last_check: StringProperty(name="Rig Check", description="What Check Rig found for the armature")
@@ -374,6 +378,7 @@ def draw_retarget(layout, context) -> None:
     row = box.row()
     row.prop(settings, "foot_lock")
     row.prop(settings, "smoothing")
+    box.prop(settings, "ik_legs")
     box.operator(IRG_OT_check_rig.bl_idname, icon="VIEWZOOM")
     for line in settings.last_check.splitlines()[:4]:
         box.label(text=line)
@@ -392,7 +397,7 @@ class IRG_PT_retarget(SubPanel, bpy.types.Panel):
     bl_options = {"DEFAULT_CLOSED"}
 
     def draw(self, context):
-        draw_retarget(self.layout, context)  # preset, root mode, foot locking, smoothing
+        draw_retarget(self.layout, context)  # preset, root mode, foot locking, smoothing, IK legs
         draw_mapping(self.layout, context)  # the collapsible "Bone Mapping" box
 
 

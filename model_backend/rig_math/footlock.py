@@ -14,7 +14,7 @@ import numpy as np
 
 from .skeleton import HUMANML3D, Skeleton, as_joints
 
-__all__ = ["detect_contacts", "lock_feet", "two_bone_ik", "contact_runs", "blend_weights"]
+__all__ = ["detect_contacts", "lock_feet", "two_bone_ik", "contact_runs", "blend_weights", "pinned_frames"]
 
 CONTACT_HEIGHT = 0.05  # metres above the joint's floor
 CONTACT_SPEED = 0.5  # metres per second, horizontal
@@ -134,6 +134,16 @@ def _clean_runs(flags: np.ndarray, max_gap: int, min_len: int) -> list[tuple[int
         else:
             runs.append([start, stop])
     return [(a, b) for a, b in runs if b - a >= min_len]
+
+
+def pinned_frames(flags: np.ndarray) -> np.ndarray:
+    """(T, 4) the frames `lock_feet` pins for contact flags (T, 4): the runs with their short breaks
+    closed, short runs dropped."""
+    out = np.zeros(np.shape(flags), dtype=bool)
+    for k in range(out.shape[1]):
+        for start, stop in _clean_runs(np.asarray(flags)[:, k], MAX_GAP, MIN_RUN):
+            out[start:stop, k] = True
+    return out
 
 
 def _pins(p: np.ndarray, flags: np.ndarray, floor: float, height: float, blend: int) -> tuple[np.ndarray, np.ndarray]:

@@ -151,7 +151,7 @@ def test_bad_joints_change_nothing(default_rig, walk):
 def test_a_failure_while_keying_removes_the_half_made_action(default_rig, walk, monkeypatch):
     scene = bpy.context.scene
     first = actions.write_version(default_rig, walk, prompt="walk")
-    default_rig.pose.bones["left_knee"].rotation_mode = "XYZ"
+    default_rig.pose.bones["left_knee"].rotation_mode = "AXIS_ANGLE"
     names, frame_end = sorted(a.name for a in bpy.data.actions), scene.frame_end
     real = compat.write_keys
     calls = []
@@ -169,7 +169,7 @@ def test_a_failure_while_keying_removes_the_half_made_action(default_rig, walk, 
     assert len(calls) == 30
     assert sorted(a.name for a in bpy.data.actions) == names and "walk.v002" not in bpy.data.actions
     assert default_rig.animation_data.action == first and scene.frame_end == frame_end
-    assert default_rig.pose.bones["left_knee"].rotation_mode == "XYZ"  # restored
+    assert default_rig.pose.bones["left_knee"].rotation_mode == "AXIS_ANGLE"  # restored
 
     monkeypatch.setattr(compat, "write_keys", real)
     second = actions.write_version(default_rig, walk, prompt="walk")

@@ -237,10 +237,10 @@ def test_imported_bvh_rigs(fresh_scene, bvh_dir, clip_blender, name, preset, key
     assert info["preset"] == preset and info["root_mode"] == "root_motion"
     assert len(actions.keyed_bones(action)) == keyed
     check_directions_and_feet(obj, action, pose, clip_blender)
-    # Keyed bones were switched to quaternions, and the version says which.
-    assert sorted(info["rotation_mode_changed"]) == sorted(n for n in actions.keyed_bones(action)
-                                                           if modes[n] != "QUATERNION")
-    assert all(obj.pose.bones[n].rotation_mode == "QUATERNION" for n in actions.keyed_bones(action))
+    # The importer's Euler bones keep their mode: keyed on rotation_euler in their own order.
+    assert info["rotation_mode_changed"] == []
+    assert {b.name: b.rotation_mode for b in obj.pose.bones} == modes
+    assert actions.keyed_bones(action, ("rotation_quaternion",)) == []
     # The BVH files are in their own units (cm for two of them): the root scale follows the hip height.
     assert 0.8 < info["scale"] / (100.0 if "smpl" not in name else 1.0) < 1.2
 

@@ -11,7 +11,7 @@ import pytest
 from irg_blender_addon.rig import presets as P
 from model_backend.rig_math.skeleton import HUMANML3D
 
-BUNDLED = {"smpl_default", "smpl_bvh", "mixamo", "rigify_deform", "rigify_fk", "ue5_mannequin",
+BUNDLED = {"smpl_default", "smpl_bvh", "mixamo", "rigify_deform", "rigify_fk", "rigify_metarig", "ue5_mannequin",
            "vrm_vroid", "vrm_humanoid", "auto_rig_pro", "auto_rig_pro_fk", "cmu_bvh", "mocapbank_bvh"}
 
 
@@ -219,6 +219,23 @@ DEF-shin.<s>.001: DEF-foot.<s>
 DEF-foot.<s>: DEF-toe.<s>
 """
 
+RIGIFY_METARIG = """
+spine: spine.001 pelvis.<s> thigh.<s>
+spine.001: spine.002
+spine.002: spine.003
+spine.003: spine.004 shoulder.<s> breast.<s>
+spine.004: spine.005
+spine.005: spine.006
+spine.006: face
+shoulder.<s>: upper_arm.<s>
+upper_arm.<s>: forearm.<s>
+forearm.<s>: hand.<s>
+hand.<s>: palm.01.<s>
+thigh.<s>: shin.<s>
+shin.<s>: foot.<s>
+foot.<s>: toe.<s> heel.02.<s>
+"""
+
 SMPL_DEFAULT = """
 pelvis: spine1 <s>_hip
 <s>_hip: <s>_knee
@@ -278,6 +295,8 @@ RIGS = {
                 {"spine1": "LowerBack", "spine3": "Spine1", "left_hip": "LeftUpLeg"}),
     "rigify deform export": (tree(RIGIFY_EXPORT, *sides("L", "R")), "rigify_deform",
                              {"head": "DEF-spine.006", "left_shoulder": "DEF-upper_arm.L"}),
+    "rigify metarig": (tree(RIGIFY_METARIG, *sides("L", "R")), "rigify_metarig",
+                       {"pelvis": "spine", "neck": "spine.004", "left_shoulder": "upper_arm.L"}),
     "smpl default rig": (tree(SMPL_DEFAULT, *sides("left", "right")), "smpl_default",
                          {"left_collar": "left_collar"}),
 }
@@ -532,3 +551,30 @@ def test_shared_bvh_hierarchies(bvh_dir, bundled, filename, expected, count):
     assert found.preset.id == expected and found.ok and found.score == 1.0, found.report()
     assert len(found.mapping) == count
     assert P.validate_mapping(found.mapping, parents, parents) == []
+
+
+def test_control_rig_fields_resolve_in_the_rig_names(bundled):
+    fk = bundled["rigify_fk"]
+    names = [*fk.bones.values(), *(c for cs in fk.controls.values() for c in cs), fk.torso["bone"], "root",
+             *fk.properties, *(c for cs in fk.ik_legs["controls"].values() for c in cs), *fk.ik_legs["poles"].values(),
+             *fk.ik_legs["properties"]]
+    found = P.detect_preset(names, bundled)
+    assert found.preset.id == "rigify_fk" and found.ok
+    assert found.controls["pelvis"] == ["hips", "spine_fk"] and found.torso == ("torso", ["spine1", "spine2"])
+    assert found.properties["thigh_parent.L"] == {"IK_FK": 1.0}
+    assert found.ik_legs["poles"] == {"left_knee": "thigh_ik_target.L", "right_knee": "thigh_ik_target.R"}
+    assert found.ik_legs["properties"]["thigh_parent.R"] == {"IK_FK": 0.0, "pole_vector": 1.0}
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("controls", {"pelvis": "torso"}, "'controls.pelvis' must be a list of bone names"),
+    ("controls", {"tail": ["x"]}, "'controls' has unknown joints ['tail']"),
+    ("torso", {"bone": "torso"}, "'torso' must be null or"),
+    ("properties", {"thigh_parent.L": {"IK_FK": "FK"}}, "'properties' must be {bone: {custom property: number}}"),
+    ("ik_legs", {"controls": {}}, "'ik_legs' must be null or"),
+    ("ik_legs", {"controls": {"left_hip": ["x"]}, "poles": {}, "properties": {}}, "'ik_legs.controls' are for"),
+])
+def test_control_rig_fields_are_checked(bundled, field, value, message):
+    data = bundled["rigify_fk"].to_dict()
+    data[field] = value
+    assert any(message in p for p in P.preset_problems(data, "rigify_fk")), P.preset_problems(data, "rigify_fk")
