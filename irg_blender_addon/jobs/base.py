@@ -52,12 +52,17 @@ def motion_source(action: bpy.types.Action, armature: bpy.types.Object | None = 
     """The `{motion}` fields of a critique/refine/caption request for an Action.
 
     A version's motion tokens when it has them; else the joints it was made from;
-    else (hand-keyed or imported animation) the Action sampled on `armature`
-    (sampling.py), which the backend encodes. ValueError when none of these works."""
+    else (hand-keyed or imported animation, or a version whose keys the animator
+    edited: actions.is_edited) the Action sampled on `armature` (sampling.py), which
+    the backend encodes. ValueError when none of these works."""
     info = actions.version_info(action)
-    if info.get("tokens"):
+    if info and actions.is_edited(action):
+        if armature is None:
+            raise ValueError(f"Version {action.name!r} was edited by hand: select the armature it animates, so the "
+                             "edited animation can be sampled.")
+    elif info.get("tokens"):
         return {"tokens": [int(t) for t in info["tokens"]]}
-    if info and action.get(actions.JOINTS_KEY) is not None:
+    elif info and action.get(actions.JOINTS_KEY) is not None:
         joints, _contacts = actions.source_motion(action)
         return {"joints": protocol.encode_array(joints.astype(np.float32)), "fps": float(info.get("src_fps", 20.0))}
     if armature is None:

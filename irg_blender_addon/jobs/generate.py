@@ -2,7 +2,7 @@
 
 Rotations are never solved on the main thread. A GenerateJob reads the rig and the
 panel's retarget options (rig.mapping.retarget_options: preset, root mode, foot
-locking, smoothing) once, into a pose.ChannelPlan; a `motion` event then starts a
+locking, smoothing, IK legs) once, into a pose.ChannelPlan; a `motion` event then starts a
 ChannelSolver (a worker thread, pure numpy) and holds back the events after it; a
 later pump writes the version from the solved channels and goes on with them, so
 versions keep their order and a pump only ever writes keys. Cancel, abandon or an
@@ -125,7 +125,8 @@ class GenerateJob(BackendJob):
         """The plan for this armature with the panel's retarget options, read once per job."""
         if self._plan is None or self._plan.armature != armature.name:
             options = mapping.retarget_options(bpy.context, armature)
-            self._plan = pose.plan_channels(armature, preset=options["preset"], root_mode=options["root_mode"])
+            self._plan = pose.plan_channels(armature, preset=options["preset"], root_mode=options["root_mode"],
+                                            ik_legs=options["ik_legs"])
             self._options = options
         return self._plan
 

@@ -32,9 +32,10 @@ class RefineJob(GenerateJob):
 
     def __init__(self, client: Backend, armature_name: str, source_name: str, prompt: str,
                  motion: dict[str, Any], settings: Settings, *, instruction: str | None = None,
-                 parent_round: int = 1, preview: bool = False):
+                 parent_round: int = 1, preview: bool = False, source_edited: bool = False):
         super().__init__(client, armature_name, prompt, settings, preview=preview)
         self.source_name = source_name
+        self.source_edited = bool(source_edited)  # a version edited by hand: its sampled keys were sent
         self.motion = motion
         self.instruction = (instruction or "").strip() or None
         self.parent_round = int(parent_round)
@@ -64,7 +65,8 @@ class RefineJob(GenerateJob):
                 "parent": self.source_name, "assessment": "", "refinement": "",
                 "extra": {"mode": "refine", "backend_source": str(event.get("source", "")),
                           "instruction": self.used_instruction, "instruction_by": "user" if self.instruction
-                          else "model", "parent_assessment": self.source_assessment}}
+                          else "model", "parent_assessment": self.source_assessment,
+                          "source_edited": self.source_edited}}
 
     def _on_done(self, event: dict[str, Any]) -> None:
         reason = event.get("stop_reason", "")
@@ -105,7 +107,10 @@ class CritiqueJob(BackendJob):
         self.result = info
         action = bpy.data.actions.get(self.action_name)
         if action is not None and actions.version_info(action):
-            actions.update_info(action, assessment=info["assessment"], refinement=info["refinement"])
+            extra = actions.version_info(action)["extra"]
+            if actions.is_edited(action):  # the assessment is of the animator's edited keys
+                extra = {**extra, "assessed_edited_keys": True}
+            actions.update_info(action, assessment=info["assessment"], refinement=info["refinement"], extra=extra)
             self._note_edit(f"IRG Motion: critique of {action.name}")
         rt = props.runtime()
         if rt is not None:  # once, so the animator's edits to the instruction are never overwritten
@@ -230,7 +235,7 @@ def start_refine(context, action, instruction: str | None = None, *, armature=No
     rig.check_armature(armature)
     parent_round = int(actions.version_info(action).get("round", 1) or 1)
     job = RefineJob(backend, armature.name, action.name, prompt, motion, settings, instruction=instruction,
-                    parent_round=parent_round, preview=preview)
+                    parent_round=parent_round, preview=preview, source_edited=actions.is_edited(action))
     manager.start(job)
     return job
 
