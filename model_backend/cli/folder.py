@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..wire.manifest import read_manifest
+from ..wire.manifest import ModelFolderError, llm_config_problem, read_manifest
 from .common import CliError, subparser
 
 STAGE_USE = {1: "single-task prompts", 2: "interleaved reasoning", 3: "interleaved reasoning, refines more"}
@@ -89,6 +89,9 @@ def folder_report(model_dir: str | Path) -> dict[str, Any]:
     manifest = read_manifest(folder)
     llm_dir = folder / "llm"
     config = json.loads((llm_dir / "config.json").read_text(encoding="utf-8"))
+    problem = llm_config_problem(config) if isinstance(config, dict) else "llm/config.json must hold a JSON object"
+    if problem:
+        raise ModelFolderError(f"model folder {folder}: {problem}")
     keys = ("model_type", "num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads",
             "num_key_value_heads", "head_dim", "vocab_size", "tie_word_embeddings", "sliding_window")
     llm = {k: config.get(k) for k in keys}
@@ -159,7 +162,13 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    report = folder_report(args.dir)
+    try:
+        report = folder_report(args.dir)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
+        if isinstance(exc, ModelFolderError):
+            raise
+        raise CliError(f"model folder {args.dir}: a file cannot be read ({type(exc).__name__}: {exc}); "
+                       "convert the model again (`irg-motion convert`) or make the fixture again") from None
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -22,22 +22,25 @@ after it has been verified, so a failed conversion leaves nothing behind.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import json
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from ..wire.manifest import (FORMAT, FORMAT_VERSION, ModelFolderError, created_by, make_readable, read_manifest,
-                             sha256_file, write_manifest)
+from ..wire.manifest import (FORMAT, FORMAT_VERSION, ModelFolderError, created_by, llm_config_problem, make_readable,
+                             read_manifest, sha256_file, write_manifest)
 from ..rig_math.skeleton import Skeleton, skeleton_for
 from ..llm.vocab import NUM_MOTION_CODES, MotionVocab, MotionVocabError, add_motion_tokens
 from ..vq.weights import read_weights
@@ -67,6 +70,61 @@ Log = Callable[[str], None]
 
 class ConvertError(ValueError):
     """Inputs that cannot make a model folder; the message names the file, the problem and the fix."""
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGHUP arrived during a conversion (raised so the temporary folder is removed)."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _signals_raise() -> Iterator[None]:
+    """While the block runs, SIGTERM and SIGHUP raise Interrupted instead of ending the process at
+    once, so clean-up runs. Handlers can only be set in the main thread; elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        raise Interrupted(signum)
+
+    saved = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, previous in saved.items():
+            signal.signal(sig, previous)
+
+
+def _prepare_output(out: Path, log: Log) -> None:
+    """Create the output's parent folder (ConvertError when it cannot be) and remove the
+    temporary folders that killed conversions left there."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.TemporaryFile(dir=out.parent)
+        probe.close()
+    except OSError as exc:
+        raise ConvertError(f"{out}: cannot write there ({exc.strerror or exc}): choose an --out in a folder "
+                           "you can write") from None
+    for path in out.parent.glob(".*.converting-*"):
+        found = re.search(r"\.converting-(\d+)-", path.name)
+        if path.is_dir() and found and not _alive(int(found.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+            log(f"removed {path}, the temporary folder of a conversion whose process "
+                f"({found.group(1)}) is gone")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
 
 
 # ---------------------------------------------------------------- progress and messages
@@ -184,6 +242,13 @@ def _load_base(base_dir: Path) -> tuple[Any, Any, MotionVocab]:
 
     if not (base_dir / "config.json").is_file():
         raise ConvertError(f"{base_dir}: config.json is missing: --base must hold the Gemma-2-2b-it config")
+    try:
+        raw = json.loads((base_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        raise ConvertError(f"{base_dir}: config.json cannot be read ({exc})") from None
+    problem = llm_config_problem(raw) if isinstance(raw, dict) else "config.json must hold a JSON object"
+    if problem:  # before a model is built from it
+        raise ConvertError(f"{base_dir}: {problem}")
     try:
         config = AutoConfig.from_pretrained(base_dir, local_files_only=True, trust_remote_code=False)
         tokenizer = AutoTokenizer.from_pretrained(base_dir, local_files_only=True, trust_remote_code=False)
@@ -475,15 +540,16 @@ def _write_vqvae(work: Path, vqvae_path: Path | None, ckpt_path: Path, ckpt: _Ch
     """Strictly load the VQ-VAE (file, else the checkpoint's `net.` entries) and write vqvae.safetensors."""
     from safetensors.torch import save_file
 
-    from ..vq.vqvae import VQVAEError, load_vqvae, save_vqvae
+    from ..vq.vqvae import VQVAEError, load_vqvae, read_state_dict, save_vqvae
 
     target = work / "vqvae.safetensors"
     if vqvae_path is not None:
         if ckpt.vqvae:
             log(f"note: the checkpoint also holds a VQ-VAE under 'net.'; using {vqvae_path} as given")
-        state = read_weights(vqvae_path, ConvertError)
-        state = state.get("net", state) if isinstance(state, dict) else {}
-        state = {k[len("net."):] if k.startswith("net.vqvae.") else k: v for k, v in state.items()}
+        try:
+            state = read_state_dict(vqvae_path)
+        except VQVAEError as exc:
+            raise ConvertError(str(exc)) from None
         source, where = vqvae_path, ""
     elif ckpt.vqvae:
         save_file({k: v.float().contiguous() for k, v in ckpt.vqvae.items()}, str(target))
@@ -582,6 +648,7 @@ def convert(irg_checkpoint: str | Path, base: str | Path, vqvae: str | Path | No
         raise ConvertError(str(exc)) from None
     _check_inputs({"IRG checkpoint": ckpt_path, "VQ-VAE": vq_path, "mean": mean_path, "std": std_path},
                   out, dtype, stage)
+    _prepare_output(out, log)
     mean_arr = _load_stat(mean_path, "mean", skeleton)
     std_arr = _load_stat(std_path, "std", skeleton)
 
@@ -606,8 +673,10 @@ def convert(irg_checkpoint: str | Path, base: str | Path, vqvae: str | Path | No
                                "the interleaved reasoning trace)")
     log(f"stage: {stage} ({how})")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.converting-", dir=out.parent))
+    try:
+        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.converting-{os.getpid()}-", dir=out.parent))
+    except OSError as exc:
+        raise ConvertError(f"{out.parent}: cannot create a temporary folder ({exc.strerror or exc})") from None
     try:
         vq_model = _write_vqvae(work, vq_path, ckpt_path, ckpt, skeleton, log)
         torch_dtype = getattr(torch, dtype)
@@ -633,6 +702,9 @@ def convert(irg_checkpoint: str | Path, base: str | Path, vqvae: str | Path | No
         if out.exists():
             out.rmdir()  # checked empty above
         os.replace(work, out)
+    except OSError as exc:  # a full disk, a folder made read-only meanwhile: a message, not a traceback
+        shutil.rmtree(work, ignore_errors=True)
+        raise ConvertError(f"{out}: writing the model folder failed ({exc}); nothing was left behind") from None
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
@@ -696,13 +768,18 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    """Run `irg-motion convert` from parsed arguments; 0 on success, 1 with a message on stderr."""
+    """Run `irg-motion convert` from parsed arguments: 0 on success; 2 for bad input, with a message
+    on stderr; 128 + N when signal N (SIGTERM, SIGHUP) stopped it (the temporary folder removed)."""
     from ..vq.vqvae import VQVAEError
 
     try:
-        convert(args.checkpoint, args.base, args.vqvae, args.mean, args.std, args.out, stage=args.stage,
-                dataset=args.dataset, dtype=args.dtype, token=args.token)
+        with _signals_raise():
+            convert(args.checkpoint, args.base, args.vqvae, args.mean, args.std, args.out, stage=args.stage,
+                    dataset=args.dataset, dtype=args.dtype, token=args.token)
     except (ConvertError, ModelFolderError, VQVAEError, MotionVocabError) as exc:
         print(f"irg-motion convert: error: {exc}", file=sys.stderr)
-        return 1
+        return 2
+    except Interrupted as exc:
+        print(f"irg-motion convert: stopped by signal {exc.signum}; nothing was written", file=sys.stderr)
+        return 128 + exc.signum
     return 0

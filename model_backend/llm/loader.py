@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import json
 import importlib.util
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..wire.manifest import folder_error, read_manifest
+from ..wire.manifest import folder_error, inside, llm_config_problem, read_manifest
 from .vocab import MotionVocab, MotionVocabError
 
 __all__ = ["LoadedLLM", "LoaderError", "InsufficientMemoryError", "load_llm", "resolve_device",
@@ -220,12 +221,27 @@ def _check_llm_dir(model_dir: Path) -> Path:
     for name, options in needed.items():
         if not any((llm_dir / o).is_file() for o in options):
             raise folder_error(model_dir, f"llm/{name} is missing")
+    index = llm_dir / "model.safetensors.index.json"
+    if index.is_file():  # every shard it names must lie inside the folder too
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise folder_error(model_dir, f"llm/model.safetensors.index.json cannot be read ({exc!r})") from None
+        for shard in shards:
+            inside(model_dir, f"llm/{shard}" if isinstance(shard, str) else shard, "weight shard")
     return llm_dir
 
 
 def _load_config(model_dir: Path, llm_dir: Path) -> Any:
     from transformers import AutoConfig
 
+    try:
+        raw = json.loads((llm_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        raise folder_error(model_dir, f"llm/config.json cannot be read ({exc})") from None
+    problem = llm_config_problem(raw) if isinstance(raw, dict) else "llm/config.json must hold a JSON object"
+    if problem:  # before transformers builds anything from it
+        raise folder_error(model_dir, problem)
     try:
         config = AutoConfig.from_pretrained(llm_dir, local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as exc:

@@ -14,7 +14,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..wire.manifest import FIX_HINT, VQVAE_KEYS, ModelFolderError, folder_error, read_manifest
+from ..wire.limits import check_joints_size
+from ..wire.manifest import FIX_HINT, VQVAE_KEYS, ModelFolderError, folder_error, inside, read_manifest
 from ..motion.features import contacts_from_features, features_to_joints, joints_to_features, resample
 from ..rig_math.skeleton import FRAMES_PER_TOKEN, Skeleton, from_blender, skeleton_for, to_blender
 from .vqvae import VQVAE, load_vqvae
@@ -56,7 +57,7 @@ class MotionCodec:
         manifest = read_manifest(folder, check_files=False)
         skeleton = skeleton_for(manifest["dataset"])
         hparams = {k: manifest["vqvae"][k] for k in VQVAE_KEYS if k != "file"}
-        vq_path = folder / manifest["vqvae"]["file"]
+        vq_path = inside(folder, manifest["vqvae"]["file"])
         if not vq_path.is_file():
             raise folder_error(folder, f"{manifest['vqvae']['file']} is missing")
         vqvae = load_vqvae(vq_path, **hparams)
@@ -138,6 +139,7 @@ class MotionCodec:
             raise ValueError("joints contain NaN or infinite values")
         if not (np.isfinite(fps) and fps > 0):
             raise ValueError(f"fps must be a positive number, got {fps}")
+        check_joints_size(len(j), float(fps), self.fps)  # LimitError (a ValueError) before resampling
         j = resample(from_blender(j) / self.skeleton.metres_per_unit, float(fps), self.fps)
         num_tokens = max(1, int(round((len(j) - 1) / FRAMES_PER_TOKEN)))
         frames = num_tokens * FRAMES_PER_TOKEN + 1

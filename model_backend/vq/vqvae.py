@@ -14,9 +14,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..wire.manifest import vqvae_size_problem
 from .weights import read_weights
 
-__all__ = ["VQVAE", "VQVAEError", "load_vqvae", "save_vqvae"]
+__all__ = ["VQVAE", "VQVAEError", "load_vqvae", "read_state_dict", "save_vqvae"]
 
 
 class VQVAEError(ValueError):
@@ -119,6 +120,9 @@ class VQVAE(nn.Module):
         self._hparams = dict(feature_size=feature_size, width=width, code_dim=code_dim,
                              num_codes=num_codes, depth=depth, dilation_growth=dilation_growth,
                              down_t=down_t, stride_t=stride_t)
+        problem = vqvae_size_problem(self._hparams)
+        if problem:  # before a single layer is allocated
+            raise VQVAEError(f"cannot build this VQ-VAE: {problem}")
         self.vqvae = _Core(**self._hparams)
 
     @property
@@ -213,15 +217,18 @@ def _mask(x: Tensor, lengths: Tensor) -> Tensor:
     return x * keep[:, None, :].to(x.dtype)
 
 
-def _read_state_dict(path: Path) -> dict[str, Tensor]:
-    """Tensors of a .safetensors file or a torch.save file (weights only)."""
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """The VQ-VAE tensors of a .safetensors or torch.save file (weights only): a bare state dict,
+    or one under the key `net`, with a wrapper's `net.` prefix stripped. VQVAEError naming the
+    file when it holds anything else."""
+    path = Path(path)
     obj = read_weights(path, VQVAEError)
-    if isinstance(obj, dict) and isinstance(obj.get("net"), dict):
+    if isinstance(obj, dict) and "net" in obj:
         obj = obj["net"]
-    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()):
         raise VQVAEError(f"{path}: expected a state dict of tensors (optionally under key 'net'), "
                          f"got {type(obj).__name__}")
-    return obj
+    return _strip_wrapper(obj)
 
 
 def _strip_wrapper(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -258,7 +265,7 @@ def load_vqvae(path: str | Path, **hparams: int) -> VQVAE:
     path = Path(path)
     if not path.is_file():
         raise VQVAEError(f"{path}: VQ-VAE weight file not found")
-    state = _strip_wrapper(_read_state_dict(path))
+    state = read_state_dict(path)
     model = VQVAE(**hparams)
     _check_keys(path, model, state)
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)

@@ -31,6 +31,19 @@ MOTION_TOKEN_KEYS = ("start", "end", "start_id", "end_id", "first_id", "count")
 REQUIRED_FILES = ("llm/config.json", "mean.npy", "std.npy")
 
 
+# Sane bounds for the sizes a model folder declares, checked before anything is allocated: a
+# manifest or config.json edited (or made hostile) to ask for 100k layers must fail at once.
+# Each bound is far above the released models (published VQ-VAE: width 512, depth 3; Gemma-2-2b:
+# 26 layers, hidden 2304, 256k vocabulary) and below what would take minutes or GBs to build.
+VQVAE_BOUNDS = {"feature_size": (1, 1024), "width": (1, 2048), "code_dim": (1, 2048), "num_codes": (1, 65536),
+                "depth": (1, 16), "dilation_growth": (1, 16), "down_t": (0, 6), "stride_t": (1, 8)}
+MAX_VQVAE_PARAMETERS = 200_000_000  # the published VQ-VAE has 19.7 M
+LLM_CONFIG_BOUNDS = {"num_hidden_layers": (1, 256), "hidden_size": (1, 32768), "intermediate_size": (1, 131072),
+                     "num_attention_heads": (1, 256), "num_key_value_heads": (1, 256), "head_dim": (1, 1024),
+                     "vocab_size": (1, 1 << 20), "max_position_embeddings": (1, 1 << 20)}
+
+
+
 class ModelFolderError(ValueError):
     """A model folder that is missing, incomplete or inconsistent; the message says how to fix it."""
 
@@ -80,13 +93,90 @@ def _check_values(model_dir: str | Path, data: dict[str, Any]) -> None:
                                       f"feature_size {data['feature_size']}")
     tokens = data["motion_tokens"]
     ids = [tokens[k] for k in ("start_id", "end_id", "first_id", "count")]
-    if not all(isinstance(i, int) and i >= 0 for i in ids):
+    if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 1 << 24 for i in ids):
         raise folder_error(model_dir, f"motion_tokens ids must be non-negative integers, got {ids}")
     if tokens["count"] != data["vqvae"]["num_codes"]:
         raise folder_error(model_dir, f"motion_tokens.count {tokens['count']} differs from the VQ-VAE's "
                                       f"num_codes {data['vqvae']['num_codes']}")
     if not isinstance(data["fixture"], bool):
         raise folder_error(model_dir, f"fixture must be true or false, not {data['fixture']!r}")
+    problem = vqvae_size_problem({k: v for k, v in data["vqvae"].items() if k != "file"})
+    if problem:
+        raise folder_error(model_dir, f"{MANIFEST_NAME}: {problem}")
+    _relative_path(model_dir, data["vqvae"]["file"], "vqvae.file")
+
+
+def _bounded_ints(values: dict[str, Any], bounds: dict[str, tuple[int, int]], where: str,
+                  required: bool = True) -> str | None:
+    """The first value that is not an integer within its bound, as a sentence; None when all are."""
+    for key, (low, high) in bounds.items():
+        if key not in values and not required:
+            continue
+        value = values.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            return f"{where}{key} is {value!r:.40}, outside the sane bound {low}..{high}"
+    return None
+
+
+def vqvae_parameters(hp: dict[str, int]) -> int:
+    """The VQ-VAE's parameter count from its hyper-parameters (weights and biases of every layer)."""
+    f, w, c, n = hp["feature_size"], hp["width"], hp["code_dim"], hp["num_codes"]
+    depth, down, stride = hp["depth"], hp["down_t"], hp["stride_t"]
+    conv = lambda cin, cout, k: cin * cout * k + cout  # noqa: E731
+    stack = depth * (conv(w, w, 3) + conv(w, w, 1))
+    encoder = conv(f, w, 3) + down * (conv(w, w, 2 * stride) + stack) + conv(w, c, 3)
+    decoder = conv(c, w, 3) + down * (stack + conv(w, w, 3)) + conv(w, w, 3) + conv(w, f, 3)
+    return encoder + decoder + n * c
+
+
+def vqvae_size_problem(hp: dict[str, Any]) -> str | None:
+    """Why these VQ-VAE hyper-parameters cannot be sane (None when they can), before building anything."""
+    problem = _bounded_ints(hp, VQVAE_BOUNDS, "vqvae.")
+    if problem is None and vqvae_parameters(hp) > MAX_VQVAE_PARAMETERS:
+        problem = (f"the VQ-VAE would have {vqvae_parameters(hp):,} parameters, more than the sane bound "
+                   f"{MAX_VQVAE_PARAMETERS:,} (the published one has 19.7 M)")
+    return problem
+
+
+def llm_config_problem(config: dict[str, Any]) -> str | None:
+    """Why an llm/config.json's sizes cannot be sane (None when they can), before building anything."""
+    return _bounded_ints(config, LLM_CONFIG_BOUNDS, "llm/config.json ", required=False)
+
+
+def inside(model_dir: Path, rel: Any, what: str = "file") -> Path:
+    """`model_dir / rel`, refused (ModelFolderError) unless it resolves inside the folder.
+
+    `rel` must be a relative path without `..`; symlinks are resolved, so a link that
+    leads out of the folder is refused too.
+    """
+    path = Path(model_dir) / _relative_path(model_dir, rel, what)
+    if not _is_inside(path, model_dir):
+        raise folder_error(model_dir, f"{rel} leads outside the folder (a symlink to {path.resolve()}); "
+                                      "weights must lie inside the model folder")
+    return path
+
+
+def _relative_path(model_dir: str | Path, rel: Any, what: str) -> str:
+    if not isinstance(rel, str) or not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
+        raise folder_error(model_dir, f"{what} {rel!r:.300} must be a relative path inside the folder "
+                                      "(no absolute path, no ..)")
+    return rel
+
+
+def _is_inside(path: Path, folder: Path) -> bool:
+    return path.resolve().is_relative_to(Path(folder).resolve())
+
+
+def check_contained(model_dir: Path) -> None:
+    """Refuse a folder holding any symlink that leads outside it (ModelFolderError naming it)."""
+    root = Path(model_dir)
+    for top, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(top) / name
+            if path.is_symlink() and not _is_inside(path, root):
+                rel = path.relative_to(root).as_posix()
+                raise folder_error(root, f"{rel} leads outside the folder (a symlink to {path.resolve()}); "
+                                         "weights must lie inside the model folder")
 
 
 def read_manifest(model_dir: str | Path, *, check_files: bool = True) -> dict[str, Any]:
@@ -102,12 +192,13 @@ def read_manifest(model_dir: str | Path, *, check_files: bool = True) -> dict[st
         raise folder_error(folder, f"{MANIFEST_NAME} is missing")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, nesting past the limit
         raise folder_error(folder, f"{MANIFEST_NAME} is not valid JSON ({exc})") from None
     validate_manifest(data, folder)
     if check_files:
+        check_contained(folder)
         for rel in (*REQUIRED_FILES, data["vqvae"]["file"]):
-            if not (folder / rel).is_file():
+            if not inside(folder, rel).is_file():
                 raise folder_error(folder, f"{rel} is missing")
     return data
 

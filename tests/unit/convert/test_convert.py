@@ -229,5 +229,5 @@ def test_cli_wiring_converts_and_reports_errors(pieces, capsys):
     out = pieces["root"] / "out-cli"
     assert run_convert(parser.parse_args(common + ["--out", str(out), "--dtype", "float32"])) == 0
     assert read_manifest(out)["stage"] == 1
-    assert run_convert(parser.parse_args(common + ["--out", str(out)])) == 1  # never overwrites
+    assert run_convert(parser.parse_args(common + ["--out", str(out)])) == 2  # never overwrites: bad input
     assert "not empty" in capsys.readouterr().err
