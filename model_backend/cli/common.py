@@ -41,6 +41,9 @@ EXAMPLES = {
     "refine": ('examples:\n  irg-motion refine "a person walks forward" --model MODEL --tokens walk.npz '
                '--out walk_v2.npz\n  irg-motion refine "a person waves" --model MODEL --joints take.npy '
                '--instruction "raise the right hand higher" --out wave_v2.npz'),
+    "extend": ('examples:\n  irg-motion extend --model MODEL --tokens walk.npz "then he sits down" --out sit.npz\n'
+               '  irg-motion extend --model MODEL --joints take.npy --fps 30 "then she waves" --seconds 3 '
+               '--mode direct --out wave.npz'),
     "caption": "example:\n  irg-motion caption --model MODEL --tokens walk.npz",
     "to-bvh": ("examples:\n  irg-motion to-bvh walk.npz --out walk.bvh\n"
                "  irg-motion to-bvh take_joints.npy --fps 30 --foot-lock --out take.bvh"),

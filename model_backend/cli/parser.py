@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import argparse
 
-from . import codec, folder, reasoning, serve
+from . import codec, extend, folder, reasoning, serve
 from .common import common_parents
 
 # In the order `irg-motion --help` lists them.
 COMMANDS = (folder.add_make_fixture, serve.add_serve, reasoning.add_generate, folder.add_inspect, codec.add_decode,
-            codec.add_encode, reasoning.add_critique, reasoning.add_refine, reasoning.add_caption, codec.add_to_bvh,
-            folder.add_convert)
+            codec.add_encode, reasoning.add_critique, reasoning.add_refine, extend.add_extend, reasoning.add_caption,
+            codec.add_to_bvh, folder.add_convert)
 
 
 def build_parser() -> argparse.ArgumentParser:

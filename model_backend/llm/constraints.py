@@ -3,7 +3,9 @@
 Inside an open `<Motion>` span only motion codes and `</Motion>` may follow; `</Motion>`
 only once the span holds `min_motion_tokens` codes (so an empty or one-token motion,
 which the model can never use, cannot be produced), and only `</Motion>` once it holds
-`max_motion_tokens` codes. Outside a span, motion codes and `</Motion>` are masked, and
+`max_motion_tokens` codes. With a `prefix` (Extend: the encoded tail of the motion being
+continued) the first codes of every span are forced to be the prefix, in order, and the
+span must hold `min_motion_tokens` codes beyond it. Outside a span, motion codes and `</Motion>` are masked, and
 `<Motion>` too when `allow_open` is False (free text, or the round limit reached). A
 forced prompt (one ending in `<Motion>`) is simply a sequence whose last span is open.
 
@@ -12,6 +14,8 @@ The state is read from `input_ids` on every call (position of the last `<Motion>
 `model.generate` and in the engine's own loop. Masks are precomputed boolean tensors.
 """
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 from transformers import LogitsProcessor
@@ -32,16 +36,24 @@ class MotionConstraint(LogitsProcessor):
     """
 
     def __init__(self, vocab: MotionVocab, *, max_motion_tokens: int = DEFAULT_MAX_MOTION_TOKENS,
-                 min_motion_tokens: int = 2, allow_open: bool = True, text_only: bool = False):
+                 min_motion_tokens: int = 2, allow_open: bool = True, text_only: bool = False,
+                 prefix: Sequence[int] = ()):
         if not 1 <= int(max_motion_tokens) <= MAX_MOTION_TOKENS:
             raise ValueError(f"max_motion_tokens must be 1..{MAX_MOTION_TOKENS} (one token = 4 frames), "
                              f"not {max_motion_tokens}")
         if not 1 <= int(min_motion_tokens) <= int(max_motion_tokens):
             raise ValueError(f"min_motion_tokens must be 1..max_motion_tokens ({max_motion_tokens}), "
                              f"not {min_motion_tokens}")
+        prefix = [int(k) for k in prefix]
+        if any(not 0 <= k < vocab.count for k in prefix):
+            raise ValueError(f"prefix codes must be codebook indices 0..{vocab.count - 1}")
+        if len(prefix) + int(min_motion_tokens) > int(max_motion_tokens):
+            raise ValueError(f"a prefix of {len(prefix)} codes leaves no room for {min_motion_tokens} new ones "
+                             f"within max_motion_tokens ({max_motion_tokens})")
         self.vocab = vocab
         self.max_motion_tokens = int(max_motion_tokens)
         self.min_motion_tokens = int(min_motion_tokens)
+        self.prefix = prefix
         self.allow_open = allow_open
         self.text_only = text_only
         self._masks: dict[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -83,10 +95,13 @@ class MotionConstraint(LogitsProcessor):
                 if self.text_only or not self.allow_open:
                     out[row, self.vocab.start_id] = neg
                 continue
-            if length >= self.max_motion_tokens:
+            if length < len(self.prefix):  # Extend: the span starts with the given codes
+                allowed = torch.zeros_like(codes)
+                allowed[self.vocab.first_id + self.prefix[length]] = True
+            elif length >= self.max_motion_tokens:
                 allowed = torch.zeros_like(codes)
                 allowed[self.vocab.end_id] = True
-            elif length < self.min_motion_tokens:
+            elif length < len(self.prefix) + self.min_motion_tokens:
                 allowed = codes
             else:
                 allowed = closing

@@ -20,6 +20,10 @@ Task flows:
 * generate `direct`: the forced single-task prompt; one motion.
 * generate `stage1_loop`: direct, then up to `max_rounds - 1` times a refinement
   instruction and, unless `No refinements needed.`, an instructed refinement.
+* generate with `prefix_tokens` (Extend): any mode; every motion span the model opens
+  starts with those codes, forced by the constraint one token at a time (so the
+  model reads them as its own), and the model continues the motion from them. The
+  `motion` events then carry `prefix` (how many of their tokens were forced).
 * critique / refine (`interleaved` form): the model writes its own analysis after the
   fixed opening, then the trace is written up to `[assess]` around the given motion
   (prompts.injected_trace_ids) and the model assesses it; refine then writes the
@@ -249,6 +253,7 @@ class _Request:
     tokens: int = 0
     motions: int = 0
     warnings: list[str] = field(default_factory=list)
+    prefix: tuple[int, ...] = ()    # generate with prefix_tokens: forced at the start of every motion span
 
     def warn(self, message: str) -> None:
         if message not in self.warnings:
@@ -348,15 +353,20 @@ class Engine:
 
     def generate(self, prompt: str, mode: str = "interleaved", max_rounds: int = 5, max_new_tokens: int = 1300,
                  max_motion_tokens: int = 49, temperature: float = 0.0, top_p: float = 1.0,
-                 seed: int | None = None, preview: bool = False, *, emit: Emit,
-                 cancel: threading.Event) -> None:
-        """Text -> motion(s): `interleaved` reasoning trace, `direct` forced prompt, or `stage1_loop`."""
+                 seed: int | None = None, preview: bool = False, prefix_tokens: Sequence[int] | None = None, *,
+                 emit: Emit, cancel: threading.Event) -> None:
+        """Text -> motion(s): `interleaved` reasoning trace, `direct` forced prompt, or `stage1_loop`.
+
+        prefix_tokens: codebook indices every motion span starts with (Extend: the encoded
+        tail of the motion to continue); max_motion_tokens counts them."""
         _check_choice("mode", mode, GENERATE_MODES)
         _check_int("max_rounds", max_rounds, 1, MAX_ROUNDS)
         _check_int("max_new_tokens", max_new_tokens, 1, MAX_NEW_TOKENS)
         _check_int("max_motion_tokens", max_motion_tokens, MIN_MOTION_TOKENS, MAX_MOTION_TOKENS)
+        prefix = tuple(self._prefix(prefix_tokens, max_motion_tokens))
         req = self._request(emit, cancel, temperature, top_p, seed)
         self._note_vocabulary(req, prompt)
+        req.prefix = prefix
         if mode == "interleaved":
             ids = self._ids(P.interleaved_prompt_ids, prompt)
             budget = self._budget(max_new_tokens, len(ids))
@@ -582,8 +592,10 @@ class Engine:
         parser, decoder = TraceParser(self.vocab, MIN_MOTION_TOKENS), TextDecoder(self.tokenizer)
         for token in ids[trace_start:]:  # the written part of the trace sets the parser's state; no events
             self._feed(parser, decoder, token)
+        prefix = req.prefix if policy.max_motions > 0 else ()
         constraint = MotionConstraint(self.vocab, max_motion_tokens=max_motion_tokens,
-                                      min_motion_tokens=MIN_MOTION_TOKENS, allow_open=policy.max_motions > 0)
+                                      min_motion_tokens=MIN_MOTION_TOKENS, allow_open=policy.max_motions > 0,
+                                      prefix=prefix)
         motions: list[MotionSpan] = []
         assessments: list[Assessment] = []
 
@@ -697,9 +709,12 @@ class Engine:
     def _emit_motion(self, req: _Request, round_: int, codes: list[int], source: str) -> None:
         motion = self.codec.decode(codes)
         req.motions += 1
-        req.emit({"event": "motion", "round": round_, "tokens": [int(k) for k in codes], "fps": float(motion.fps),
-                  "joints": encode_array(motion.joints_blender), "contacts": encode_array(motion.contacts),
-                  "features": encode_array(motion.features), "source": source})
+        event = {"event": "motion", "round": round_, "tokens": [int(k) for k in codes], "fps": float(motion.fps),
+                 "joints": encode_array(motion.joints_blender), "contacts": encode_array(motion.contacts),
+                 "features": encode_array(motion.features), "source": source}
+        if req.prefix and list(codes[:len(req.prefix)]) == list(req.prefix):
+            event["prefix"] = len(req.prefix)
+        req.emit(event)
 
     def _emit_assessment(self, req: _Request, round_: int, assessment: str, refinement: str) -> Assessment:
         item = Assessment(round_, assessment, refinement, refinement == P.SATISFIED)
@@ -743,7 +758,19 @@ class Engine:
         _check_choice("form", form, REFINE_FORMS)
         return form
 
-    def _codes(self, tokens: Sequence[int]) -> list[int]:
+    def _prefix(self, tokens: Sequence[int] | None, max_motion_tokens: int) -> list[int]:
+        """Checked prefix_tokens ([] for none): codebook indices leaving room for MIN_MOTION_TOKENS new ones."""
+        if tokens is None:
+            return []
+        codes = self._codes(tokens, "prefix_tokens")
+        if len(codes) + MIN_MOTION_TOKENS > max_motion_tokens:
+            raise EngineError("bad_request", f"prefix_tokens holds {len(codes)} tokens but max_motion_tokens "
+                                             f"({max_motion_tokens}) counts them too and must leave at least "
+                                             f"{MIN_MOTION_TOKENS} new ones: raise max_motion_tokens (at most "
+                                             f"{MAX_MOTION_TOKENS}) or send a shorter prefix")
+        return codes
+
+    def _codes(self, tokens: Sequence[int], name: str = "tokens") -> list[int]:
         try:
             codes = list(np.asarray(tokens).ravel()) if isinstance(tokens, np.ndarray) else list(tokens)
         except TypeError:
@@ -752,7 +779,7 @@ class Engine:
             raise EngineError("bad_request", f"the motion has {len(codes)} tokens, more than the bound "
                                              f"MAX_MOTION_TOKENS_IN = {MAX_MOTION_TOKENS_IN} (docs/protocol.md#bounds)")
         if not codes or not all(_is_int(k) and 0 <= int(k) < self.vocab.count for k in codes):
-            raise EngineError("bad_request", f"tokens must be a non-empty list of codebook indices "
+            raise EngineError("bad_request", f"{name} must be a non-empty list of codebook indices "
                                              f"0..{self.vocab.count - 1}")
         return [int(k) for k in codes]
 

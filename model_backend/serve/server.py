@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Iterator, TextIO
 import numpy as np
 
 from ..wire import protocol
-from ..llm.constraints import MAX_MOTION_TOKENS
+from ..llm.constraints import DEFAULT_MAX_MOTION_TOKENS, MAX_MOTION_TOKENS
 from ..llm.engine import GENERATE_MODES, MAX_ROUNDS, MIN_MOTION_TOKENS, REFINE_FORMS, Engine, EngineError
 from ..llm.loader import LoaderError
 from ..wire.manifest import ModelFolderError
@@ -148,21 +148,25 @@ class _Fields:
             check('"max_new_tokens"', int(value), self.context, "the model's context (max_position_embeddings)")
             self.args["max_new_tokens"] = int(value)
 
-    def tokens(self) -> None:
-        """`tokens`: codebook indices as a JSON list of integers or an int32 array object."""
-        value = self._get("tokens")
+    def tokens(self, name: str = "tokens", *, required: bool = True, most: int | None = None) -> None:
+        """Codebook indices as a JSON list of integers or an int32 array object (`most`: at most that many)."""
+        value = self._get(name)
+        if value is None and not required:
+            return
         if isinstance(value, dict):
             array = protocol.decode_array(value)
-            self._check("tokens", array.dtype.kind in "iu", "an int32 array")
+            self._check(name, array.dtype.kind in "iu", "an int32 array")
             value = array.ravel().tolist()
         if isinstance(value, list):  # the bound first: 2 million tokens are not inspected one by one
-            check('"tokens"', len(value), MAX_MOTION_TOKENS_IN, "MAX_MOTION_TOKENS_IN", " tokens")
+            check(f'"{name}"', len(value), MAX_MOTION_TOKENS_IN, "MAX_MOTION_TOKENS_IN", " tokens")
         if not isinstance(value, list) or not value or not all(_is_int(t) for t in value):
-            raise _bad(self.type, '"tokens" must be a non-empty list of codebook indices (integers)')
+            raise _bad(self.type, f'"{name}" must be a non-empty list of codebook indices (integers)')
         bad = [t for t in value if not 0 <= t < NUM_MOTION_CODES]
         if bad:
-            raise _bad(self.type, f'"tokens" must be codebook indices 0..{NUM_MOTION_CODES - 1}, got {bad[0]}')
-        self.args["tokens"] = [int(t) for t in value]
+            raise _bad(self.type, f'"{name}" must be codebook indices 0..{NUM_MOTION_CODES - 1}, got {bad[0]}')
+        if most is not None and len(value) > most:
+            raise _bad(self.type, f'"{name}" holds {len(value)} tokens; at most {most} fit')
+        self.args[name] = [int(t) for t in value]
 
     def joints(self) -> None:
         """`joints`: a float32 array object (T, num_joints, 3) in Blender axes, and its `fps`.
@@ -206,6 +210,16 @@ class _Fields:
             raise _bad(self.type, f"unknown field(s) {', '.join(extra)}; this request takes: {known}")
 
 
+def _check_room(f: _Fields) -> None:
+    """A generate's prefix_tokens must leave max_motion_tokens room for MIN_MOTION_TOKENS new codes."""
+    prefix = f.args.get("prefix_tokens")
+    limit = f.args.get("max_motion_tokens", DEFAULT_MAX_MOTION_TOKENS)
+    if prefix and len(prefix) + MIN_MOTION_TOKENS > limit:
+        raise _bad(f.type, f'"prefix_tokens" holds {len(prefix)} tokens but "max_motion_tokens" ({limit}) counts '
+                           f"them too and must leave at least {MIN_MOTION_TOKENS} new ones: raise it (at most "
+                           f"{MAX_MOTION_TOKENS}) or send a shorter prefix")
+
+
 def validate_request(request: dict[str, Any], num_joints: int = 22, fps: float = 20.0,
                      context: int = DEFAULT_CONTEXT) -> dict[str, Any]:
     """Check one work request (type, fields, types, ranges, bounds) and return the engine's keyword arguments.
@@ -239,6 +253,8 @@ def _validate(f: _Fields) -> dict[str, Any]:
         f.choice("mode", GENERATE_MODES)
         f.integer("max_rounds", 1, MAX_ROUNDS)
         f.sampling()
+        f.tokens("prefix_tokens", required=False, most=MAX_MOTION_TOKENS - MIN_MOTION_TOKENS)
+        _check_room(f)
     elif kind in ("critique", "refine"):
         f.choice("form", REFINE_FORMS)
         if kind == "refine":

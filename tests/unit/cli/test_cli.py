@@ -270,3 +270,29 @@ def test_generate_writes_a_bvh_with_feet_locked(model, tmp_path, capsys):
         assert free.shape == data["joints"].shape
     upper = [0, 3, 6, 9, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21]  # foot locking moves only the legs
     assert np.abs(locked[:, upper] - free[:, upper]).max() < 1e-4
+
+
+def test_extend_continues_a_generated_motion_seamlessly(model, codec, tmp_path, capsys):
+    source = tmp_path / "walk.npz"
+    assert main(["generate", "a person walks", "--model", str(model), "--out", str(source), "--mode", "direct",
+                 "--max-motion-tokens", "20", "--device", "cpu"]) == 0
+    runs = []
+    for name in ("a.npz", "b.npz"):
+        out = tmp_path / name
+        assert main(["extend", "--model", str(model), "--tokens", str(source), "then he sits down", "--out", str(out),
+                     "--seconds", "3", "--mode", "direct", "--device", "cpu"]) == 0
+        with np.load(out, allow_pickle=False) as data:
+            runs.append({k: data[k] for k in data.files})
+    first, second = runs
+    np.testing.assert_array_equal(first["tokens"], second["tokens"])      # greedy: the same every time
+    with np.load(source, allow_pickle=False) as data:
+        walk = data["joints"]
+    tail = codec.encode_joints(to_blender(walk[-41:]), 20.0)
+    assert first["prefix_tokens"].tolist() == tail == first["tokens"][:10].tolist()
+    assert len(first["tokens"]) == 10 + 15 and int(first["seam_frame"]) == len(walk) - 1
+    assert first["joints"].shape == (len(walk) - 1 + 4 * 15, 22, 3)
+    np.testing.assert_allclose(first["joints"][:len(walk) - 41], walk[:len(walk) - 41], atol=1e-5)
+    assert "the new motion starts at frame 79" in capsys.readouterr().out
+    assert main(["extend", "--model", str(model), "--tokens", str(source), "more", "--out", str(tmp_path / "c.npz"),
+                 "--seconds", "9", "--device", "cpu"]) == 2
+    assert "ask for at most 8 s" in capsys.readouterr().err

@@ -452,3 +452,40 @@ def test_stage1_critique_asks_two_single_task_prompts(engine, scripted):
         (1, "The arms are too low.", "Raise the arms.", False)]
     assert rec.text("assess") == "The arms are too low.\nRaise the arms."
     assert rec.done["stop_reason"] == "max_rounds"
+
+
+# ---------------------------------------------------------------- Extend: prefix_tokens
+
+TAIL = [5, 17, 17, 300, 42, 9, 9, 128, 77, 1]
+
+
+def test_prefix_tokens_start_the_direct_motion_and_greedy_is_deterministic(engine):
+    first = run(engine.generate, PROMPT, mode="direct", prefix_tokens=TAIL, max_motion_tokens=20)
+    check_events(first)
+    motion = first.of("motion")[0]
+    assert motion["tokens"][:len(TAIL)] == TAIL and motion["prefix"] == len(TAIL)
+    assert len(TAIL) + 2 <= len(motion["tokens"]) <= 20
+    again = run(engine.generate, PROMPT, mode="direct", prefix_tokens=TAIL, max_motion_tokens=20)
+    assert again.of("motion")[0]["tokens"] == motion["tokens"]
+    plain = run(engine.generate, PROMPT, mode="direct", max_motion_tokens=20)
+    assert "prefix" not in plain.of("motion")[0]
+
+
+def test_prefix_tokens_start_every_span_of_a_trace(engine, scripted):
+    tok = engine.tokenizer
+    trace = pieces(tok, "<think>", "[plan]", P.PLAN_GENERATE, "[/plan]", "\n", "[generate]", [1, 2, 3, 4, 5, 6],
+                   "[/generate]", "\n", "[plan]", P.PLAN_ASSESS, "[/plan]", "\n", "[assess]",
+                   "Assessment: Stiff.\nRefinement: Bend the knees.", "[/assess]", "\n", "[plan]", P.PLAN_REFINE,
+                   "[/plan]", "\n", "[generate]", [7, 8, 9, 10, 11, 12], "[/generate]", "\n", "</think>")
+    rec = run(scripted(trace).generate, PROMPT, prefix_tokens=[400, 401])
+    check_events(rec)
+    # the model's own first two codes of each span are replaced by the forced ones; it carries on after them
+    assert [m["tokens"] for m in rec.of("motion")] == [[400, 401, 3, 4, 5, 6], [400, 401, 9, 10, 11, 12]]
+    assert [a["refinement"] for a in rec.of("assessment")] == ["Bend the knees."]
+
+
+def test_prefix_tokens_are_checked(engine):
+    for bad, message in (([], "prefix_tokens must be a non-empty"), ([512], "prefix_tokens must be"),
+                         (list(range(48)), "leave at least 2 new")):
+        with pytest.raises(EngineError, match=message):
+            run(engine.generate, PROMPT, prefix_tokens=bad)

@@ -335,3 +335,17 @@ def test_a_device_that_cannot_be_served_is_model_load_failed_and_exit_2(backend_
         assert server.proc.wait(STEP_S) == 2
     finally:
         server.close()
+
+
+def test_prefix_tokens_are_validated_like_any_field():
+    ok = validate_request({"type": "generate", "id": 1, "prompt": "then he sits", "prefix_tokens": [1, 2, 3]})
+    assert ok["prefix_tokens"] == [1, 2, 3]
+    for value, message in (("1,2", "must be a non-empty list"), ([1, 600], "codebook indices 0..511, got 600"),
+                           (list(range(49)), "at most 48 fit"), ([True], "non-empty list")):
+        with pytest.raises(ProtocolError, match=message):
+            validate_request({"type": "generate", "id": 1, "prompt": "x", "prefix_tokens": value})
+    with pytest.raises(ProtocolError, match='"max_motion_tokens" \\(12\\) counts them too'):
+        validate_request({"type": "generate", "id": 1, "prompt": "x", "prefix_tokens": list(range(11)),
+                          "max_motion_tokens": 12})
+    with pytest.raises(ProtocolError, match="unknown field"):
+        validate_request({"type": "refine", "id": 1, "prompt": "x", "tokens": [1, 2], "prefix_tokens": [1]})
