@@ -8,6 +8,9 @@
     api.refine(bpy.data.actions["hand_keyed_walk"], armature="Armature", prompt="a person walks")
     api.apply_motion("Armature", joints_hml3d, preset="mixamo", foot_lock=True)  # (T, 22, 3) metres, Y up, facing +Z
     api.bake_batch("Armature", ["a person walks", "a person waves"], track="IRG Batch", gap=10)
+    longer = api.extend(versions[-1], "then he sits down", seconds=3)  # [the new version]: the source, then more
+    api.compare("Armature", versions[0])          # a ghost plays it beside the armature; compare(..., None) removes it
+    api.make_thumbnails(api.versions("Armature"))  # {version name: strip PNG}, rendered in a background Blender
 
 apply_motion also takes the retarget options: preset ("auto", a preset id or a
 {joint: bone} map), root_mode ("root_motion", "in_place", "root_bone"),
@@ -29,9 +32,12 @@ import numpy as np
 from .anim import actions
 from .core import skeleton
 from .jobs.base import BackendJob, manager
+from .anim import ghost
+from .jobs import thumbnails
 from .jobs.batch import bake_batch  # noqa: F401  (public: api.bake_batch)
+from .jobs.extend import DEFAULT_SECONDS, start_extend
 from .jobs.generate import start_generation
-from .jobs.review import start_caption, start_critique, start_refine
+from .jobs.review import resolve_action, start_caption, start_critique, start_refine
 from .jobs.run import OPTION_NAMES, GenerationError, option_overrides, pump_until_done, resolve_armature  # noqa: F401
 
 def _wait(job: BackendJob, timeout: float, what: str) -> BackendJob:
@@ -103,6 +109,49 @@ def caption(version, *, armature=None, timeout: float = 600.0, **options) -> str
     target = resolve_armature(armature, create=False)
     job = _wait(start_caption(bpy.context, version, armature=target, **overrides), timeout, "caption")
     return job.caption or ""
+
+
+def extend(version, prompt: str | None = None, *, seconds: float = DEFAULT_SECONDS, armature=None,
+           timeout: float = 600.0, **options) -> list[bpy.types.Action]:
+    """Continue a version (or any Action, sampled on `armature`) with `seconds` of new motion.
+
+    The last 2 s are encoded and forced as the start of the model's next motion, which
+    carries on from there; each new version holds the source, then the new motion (one per
+    round in interleaved mode). Its metadata records parent (the source's name), source
+    "extend" and extra["extend_frame"] (the scene frame where the new motion starts).
+    prompt: what happens next (default: the source's own prompt). options as for generate."""
+    overrides = option_overrides(options)
+    target = resolve_armature(armature, create=False)
+    job = start_extend(bpy.context, version, prompt, seconds=seconds, armature=target, **overrides)
+    return _made(_wait(job, timeout, "extension"))
+
+
+def compare(armature, version=None, *, offset: float = ghost.DEFAULT_OFFSET) -> bpy.types.Object | None:
+    """Play `version` on a ghost copy of the armature, `offset` metres to its side; None removes the ghost
+    (and returns None). Removing it leaves no object, Action or driver behind."""
+    target = resolve_armature(armature, create=False)
+    if target is None:
+        raise ValueError("no armature to compare on: pass one")
+    if version is None:
+        ghost.hide(target)
+        return None
+    return ghost.show(target, resolve_action(version), offset)
+
+
+def make_thumbnails(versions, *, force: bool = False, timeout: float = 300.0) -> dict[str, str]:
+    """Render the versions' thumbnail strips now (a background Blender renders; blocks until done).
+
+    Returns {version name: PNG path} for the strips that exist afterwards (cached ones are
+    not rendered again unless force). Raises TimeoutError, or RuntimeError naming the
+    versions that could not be rendered and why."""
+    names = [resolve_action(v).name for v in versions]
+    job = thumbnails.ThumbnailJob(names, force=force)
+    if not pump_until_done(job, timeout):
+        raise TimeoutError(f"the thumbnails were not made within {timeout:.0f} s")
+    if job.errors:
+        raise RuntimeError("could not render: " + "; ".join(f"{k}: {v}" for k, v in job.errors.items()))
+    return {n: str(thumbnails.thumb_path(bpy.data.actions[n])) for n in names
+            if thumbnails.has_thumbnail(bpy.data.actions[n])}
 
 
 def apply_motion(armature, joints, fps: float = 20.0, *, prompt: str = "applied motion", **options) -> bpy.types.Action:

@@ -33,6 +33,10 @@ class IRG_PG_scene(bpy.types.PropertyGroup):
     preview: BoolProperty(name="Live Preview", default=True,
                           description="Show the motion on the armature while it is generated; "
                                       "the finished version replaces it")
+    extend_prompt: StringProperty(name="Then", description="What happens next, e.g. 'then he sits down' "
+                                  "(empty: the motion's own prompt)")
+    extend_seconds: FloatProperty(name="Seconds", default=4.0, min=0.4, max=8.0, step=10, precision=1,
+                                  description="Length of the new motion after the end of this one")
 
 
 class IRG_PG_runtime(bpy.types.PropertyGroup):

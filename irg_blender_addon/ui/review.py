@@ -8,6 +8,7 @@ from bpy.props import StringProperty
 from .. import props
 from ..anim import actions
 from ..jobs.base import manager
+from ..jobs.extend import start_extend
 from ..jobs.generate import PREVIEW_MARK
 from ..jobs.review import resolve_action, review_target, start_caption, start_critique, start_refine
 from ..props import SATISFIED, runtime, scene_prompt
@@ -61,6 +62,19 @@ class IRG_PT_review(SubPanel, bpy.types.Panel):
         caption = rt.caption if current else info.get("caption", "")
         if caption:
             wrapped_labels(layout.box(), f"Caption: {caption}", icon="TEXT", max_lines=10)
+        _draw_extend(layout.box(), context)
+
+
+def _draw_extend(layout, context) -> None:
+    """Extend: what happens next and for how long; the button."""
+    scene_props = context.scene.irg_motion
+    layout.label(text="Extend: continue from the end of this motion", icon="NEXT_KEYFRAME")
+    layout.prop(scene_props, "extend_prompt")
+    row = layout.row(align=True)
+    row.prop(scene_props, "extend_seconds")
+    sub = row.row(align=True)
+    sub.enabled = not manager.busy()
+    sub.operator("irg.extend", icon="FORWARD")
 
 
 class _ReviewOperator(ActionOperator):
@@ -124,7 +138,28 @@ class IRG_OT_caption(_ReviewOperator, bpy.types.Operator):
         return self._start(context, start_caption)
 
 
-CLASSES = (IRG_PT_review, IRG_OT_critique, IRG_OT_refine, IRG_OT_caption)
+class IRG_OT_extend(_ReviewOperator, bpy.types.Operator):
+    """Continue the motion: its last 2 s start the model's next motion; the result is a new version"""
+
+    bl_idname = "irg.extend"
+    bl_label = "Extend"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context):
+        scene_props = context.scene.irg_motion
+        action, armature = self._inputs(context)
+        if action is None:
+            return refuse(self, "Nothing to extend: select an armature that plays a version or an animation.",
+                          context)
+        try:
+            start_extend(context, action, scene_props.extend_prompt, seconds=scene_props.extend_seconds,
+                         armature=armature)
+        except REFUSALS as exc:
+            return refuse(self, exc, context)
+        return {"FINISHED"}
+
+
+CLASSES = (IRG_PT_review, IRG_OT_critique, IRG_OT_refine, IRG_OT_caption, IRG_OT_extend)
 
 
 def register() -> None:
