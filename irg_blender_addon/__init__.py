@@ -16,7 +16,7 @@ import importlib
 
 # In registration order: property groups before what points to them, the Generate panel
 # before its sub-panels (their order is the sidebar's).
-FEATURES = ("ui.prefs", "props", "ui.generate", "ui.versions", "ui.review", "ui.retarget", "ui.backend", "ui.batch")
+FEATURES = ("ui.prefs", "props", "ui.generate", "ui.versions", "ui.thumbnails", "ui.review", "ui.retarget", "ui.backend", "ui.batch")
 
 
 def feature_modules() -> list:

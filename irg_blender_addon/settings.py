@@ -58,6 +58,7 @@ class Settings:
     seed: int | None = None
     server_url: str = ""
     server_token: str = field(default="", repr=False)  # never in a repr, a log or a status line
+    thumbnails: bool = True       # render a strip of each new version (jobs/thumbnails.py)
 
     @property
     def remote(self) -> bool:

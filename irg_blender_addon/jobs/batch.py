@@ -35,6 +35,7 @@ from ..backend.base import BackendError
 from ..core import manifest, skeleton
 from ..rig import armature as rig
 from ..settings import get_settings
+from . import thumbnails
 from .base import manager
 from .generate import GenerateJob
 from .run import OPTION_NAMES, GenerationError, pump_until_done, resolve_armature
@@ -340,6 +341,8 @@ class BatchJob:
         self._index = 0
         self._cancelling = False
         self._deaths = 0  # consecutive items that ended with the backend dead
+        self.sheet: thumbnails.ThumbnailJob | None = None  # the contact sheet being made, after the last item
+        self.sheet_path = ""
 
     # -- the job interface -------------------------------------------------------------------
 
@@ -374,6 +377,8 @@ class BatchJob:
         """Apply the backend's events to the item being baked, move on when it ends. True while running."""
         if not self.running:
             return False
+        if self.sheet is not None:
+            return self._pump_sheet()
         job = self.current
         if job is not None:
             try:
@@ -535,16 +540,48 @@ class BatchJob:
     # -- ending ------------------------------------------------------------------------------
 
     def _finish(self) -> None:
+        """The last item ended: make the contact sheet (when thumbnails are on), then end."""
+        batch = self._batch()
+        if batch is not None and get_settings(**self.overrides).thumbnails and batch.items:
+            self.sheet_path = str(thumbnails.sheet_path(batch.track or DEFAULT_TRACK))
+            rows = [{"title": it.prompt, "failed": it.status == "FAILED", "action": it.action.name if it.action else "",
+                     "status": f"done: {it.action.name}" if it.status == "DONE" and it.action else
+                     f"{it.status.lower()}: {it.error.splitlines()[0] if it.error else ''}"} for it in batch.items]
+            self.sheet = thumbnails.ThumbnailJob([r["action"] for r in rows if r["action"]], sheet={
+                "out": self.sheet_path, "title": f"{bpy.path.basename(bpy.data.filepath) or 'unsaved file'}: "
+                                                 f"{len(rows)} prompts on {batch.track!r}", "rows": rows})
+            self.status = "Making the contact sheet..."
+            return
+        self._end_batch()
+
+    def _pump_sheet(self) -> bool:
+        """One step of the contact sheet; the batch ends with it (a failed sheet is reported, not fatal)."""
+        if self.sheet.pump():
+            return True
+        batch = self._batch()
+        if self.sheet.sheet_path and batch is not None:
+            batch.contact_sheet = self.sheet.sheet_path
+            self._edits += 1
+        elif not self.sheet.sheet_path:
+            self.warnings.append(f"no contact sheet: {'; '.join(self.sheet.errors.values()) or 'unknown error'}")
+            self.sheet_path = ""
+        self.sheet = None
+        self._end_batch()
+        return self.running
+
+    def _end_batch(self) -> None:
         batch = self._batch()
         where = f"the track {batch.track!r} of {self.armature_name}" if batch is not None and self.armature_name \
             else "the NLA"
         summary = f"Baked {self.baked} of {self.total} prompt(s) onto {where}."
+        sheet = f" Contact sheet: {self.sheet_path}." if self.sheet_path else \
+            "".join(f" Warning: {w}." for w in self.warnings)
         if not self.failed:
-            self._end("done", summary)
+            self._end("done", summary + sheet)
             return
         summary += f" {len(self.failed)} failed (listed in the batch; Retry Failed bakes them again)"
         details = "; ".join(f"{prompt or '(empty)'!r}: {error.splitlines()[0]}" for prompt, error in self.failed)
-        self._end("done", f"{summary}: {details}", summary=summary + ".")
+        self._end("done", f"{summary}: {details}{sheet}", summary=summary + "." + sheet)
 
     def _finish_cancelled(self) -> None:
         self._end("cancelled", f"Cancelled at {self.position} of {self.total}: {self.baked} baked; the rest stay in "

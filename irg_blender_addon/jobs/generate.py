@@ -37,6 +37,7 @@ from ..rig import mapping, pose
 from ..rig import armature as rig
 from ..settings import Settings, get_settings
 from .base import BackendJob, check_idle, manager, window_context
+from . import thumbnails
 from .solve import ChannelSolver
 
 PREVIEW_NAME = "~preview"
@@ -207,6 +208,8 @@ class GenerateJob(BackendJob):
         self.progress = 1.0
         self._note_edit(f"IRG Motion: {action.name}")
         self._set_status(f"{self._round_label(event)}: wrote {action.name}")
+        if self.settings.thumbnails:
+            thumbnails.queue.request([action.name])  # rendered by a worker process, after this pump
 
     def _version_fields(self, event: dict[str, Any]) -> dict[str, Any]:
         """prompt, round, parent, source, assessment, refinement, extra of the version a motion event makes."""

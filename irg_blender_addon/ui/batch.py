@@ -62,6 +62,8 @@ class IRG_PG_batch(bpy.types.PropertyGroup):
                              description="Frames over which each strip fades out")
     text: PointerProperty(name="Text", type=bpy.types.Text,
                           description="A text to load prompts from (one a line, or CSV when its name ends in .csv)")
+    contact_sheet: StringProperty(name="Contact Sheet", subtype="FILE_PATH",
+                                  description="The last batch's contact sheet: a row per prompt (PNG)")
 
 
 def _batch(context):
@@ -296,6 +298,10 @@ class IRG_PT_batch(SubPanel, bpy.types.Panel):
         _draw_active(layout, group)
         _draw_layout(layout, group)
         _draw_run(layout, group)
+        if group.contact_sheet:
+            row = layout.row(align=True)
+            row.label(text=f"Contact sheet: {bpy.path.basename(group.contact_sheet)}", icon="IMAGE_DATA")
+            row.operator("wm.path_open", text="Open", icon="FILE_IMAGE").filepath = group.contact_sheet
 
 
 def _draw_active(layout, group) -> None:

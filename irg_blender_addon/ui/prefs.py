@@ -70,6 +70,10 @@ class IRG_AddonPreferences(bpy.types.AddonPreferences):
                                description="0 is greedy decoding (as the model was evaluated)")
     top_p: FloatProperty(name="Top P", default=1.0, min=0.01, max=1.0)
     seed: IntProperty(name="Seed", default=-1, min=-1, description="-1: a new random seed each time")
+    thumbnails: BoolProperty(name="Thumbnails", default=True,
+                             description="Render a strip of 4 frames of every new version (and a contact sheet "
+                                         "after a batch) in a background Blender process; cached beside the "
+                                         ".blend")
 
     def draw(self, context):
         draw_preferences(self.layout, self)
@@ -98,6 +102,7 @@ def draw_preferences(layout, p) -> None:
     row.prop(p, "temperature")
     row.prop(p, "top_p")
     row.prop(p, "seed")
+    col.prop(p, "thumbnails")
 
 
 def _draw_local(layout, p) -> None:

@@ -5,13 +5,35 @@ import bpy
 from bpy.props import StringProperty
 
 from .. import props
-from ..anim import actions
+from ..anim import actions, ghost
+from ..jobs import thumbnails
 from ..jobs.base import set_meta
 from ..jobs.review import resolve_action
 from ..rig.mapping import target_armature
 from .retarget import draw_apply_button
 from ..registration import register_classes, unregister_classes
 from .widgets import SubPanel, one_line, refuse, wrapped_labels
+
+
+def draw_thumbnail_label(layout, action: bpy.types.Action, text: str) -> None:
+    """A label with the version's strip as its icon (the Action icon while it has none)."""
+    try:
+        icon = thumbnails.icon_id(action)
+    except Exception:  # a redraw must not raise (e.g. an unreadable cache file)
+        icon = 0
+    if icon:
+        layout.label(text=text, icon_value=icon)
+    else:
+        layout.label(text=text, icon="ACTION")
+
+
+def draw_compare_button(layout, armature, action) -> None:
+    """The row button that shows (or hides) `action` on a ghost beside the armature."""
+    shown = ghost.ghost_armature(armature)
+    on = shown is not None and shown.animation_data is not None and shown.animation_data.action == action
+    op = layout.operator("irg.compare_version", text="", icon="GHOST_ENABLED" if on else "GHOST_DISABLED",
+                         emboss=False, depress=on)
+    op.action = action.name
 
 
 def active_action(armature):
@@ -33,12 +55,15 @@ class IRG_UL_versions(bpy.types.UIList):
         op = row.operator("irg.toggle_keep", text="", icon="LOCKED" if keep else "UNLOCKED", emboss=False)
         op.action = item.name
         split = row.split(factor=0.4, align=True)
-        split.label(text=item.name, icon="ACTION")
+        draw_thumbnail_label(split, item, item.name)
         cols = split.split(factor=0.15, align=True)
         cols.label(text=f"R{info.get('round', '?')}")
         cols = cols.split(factor=0.5, align=True)
         cols.label(text=one_line(info.get("prompt", "")))
         cols.label(text=one_line(info.get("assessment", "")) or "-")
+        armature = target_armature(context)
+        if armature is not None and item != active_action(armature):
+            draw_compare_button(row, armature, item)
         draw_apply_button(row, item)
 
     def filter_items(self, context, data, propname):
@@ -95,6 +120,7 @@ class IRG_PT_versions(SubPanel, bpy.types.Panel):
         sub = row.row(align=True)
         sub.enabled = not keep
         sub.operator("irg.delete_version", text="", icon="TRASH").action = action.name
+        row.popover("IRG_PT_version_thumbnail", text="", icon="IMAGE_DATA")
         _draw_details(layout.box(), action, info)
 
 def _draw_details(layout, action, info: dict) -> None:

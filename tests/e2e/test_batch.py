@@ -40,6 +40,7 @@ def batch_registered(registered_addon):
 def fast(addon_prefs):
     """Direct mode, at most 3 motion tokens: each prompt takes a fraction of a second."""
     addon_prefs.mode, addon_prefs.max_motion_tokens = "direct", 3
+    addon_prefs.thumbnails = False  # test_batch_of_five_to_nla turns them on for its contact sheet
     return addon_prefs
 
 
@@ -133,7 +134,9 @@ def test_loading_a_bad_list_changes_nothing(scene, tmp_path):
 
 # -- baking ------------------------------------------------------------------------------------
 
-def test_batch_of_five_to_nla(scene, fast, armature, pump, counts):
+def test_batch_of_five_to_nla(scene, fast, armature, pump, counts, tmp_path):
+    fast.thumbnails = True
+    bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "crowd.blend"))
     load_csv()
     props = scene.irg_batch
     props.track, props.frame_start, props.gap, props.blend_in, props.blend_out = "Crowd", 11, 5, 2.0, 1.5
@@ -149,7 +152,7 @@ def test_batch_of_five_to_nla(scene, fast, armature, pump, counts):
     while job.pump():
         record(job)
     assert job.state == "done", job.status
-    assert seen == ["1 of 5", "2 of 5", "4 of 5", "5 of 5"]  # item 3 failed before it was sent
+    assert seen == ["1 of 5", "2 of 5", "4 of 5", "5 of 5", "Making the contact sheet..."]  # item 3 failed early
     assert statuses() == ["DONE", "DONE", "FAILED", "DONE", "DONE"]
     failed = items()[2]
     assert "The length 30 s is longer than the longest motion the model makes" in failed.error
@@ -159,6 +162,12 @@ def test_batch_of_five_to_nla(scene, fast, armature, pump, counts):
     assert rt.status.startswith("Baked 4 of 5 prompt(s) onto the track 'Crowd' of IRG_SMPL. 1 failed")
     assert rt.level == "ERROR" and not rt.running and rt.progress == 1.0
     assert counts()["actions"] == before["actions"] + 4 and counts()["objects"] == before["objects"]
+    # the contact sheet: beside the .blend, named in the report and on the batch, a row per prompt
+    sheet = tmp_path / "crowd_Crowd_contact_sheet.png"
+    assert rt.status.endswith(f"Contact sheet: {sheet}.") and props.contact_sheet == str(sheet)
+    image = bpy.data.images.load(str(sheet))
+    assert image.size[0] > 1000 and image.size[1] > 5 * 120   # a title, then 5 rows of 120 px strips
+    bpy.data.images.remove(image)
 
     strips = list(track(armature, "Crowd").strips)
     done = [it for it in items() if it.status == "DONE"]
@@ -292,7 +301,7 @@ def test_bake_batch_for_scripts(scene, armature, backend_python, fixture_model):
     results = batch.bake_batch(armature.name, [("a person walks", 7, 0.4), {"prompt": "a person jumps"},
                                                ("a person waves", None, 99)],
                                track="Script", gap=2, blend_in=1.0, mode="direct", max_motion_tokens=2,
-                               backend_python=str(backend_python), model_dir=str(fixture_model))
+                               backend_python=str(backend_python), model_dir=str(fixture_model), thumbnails=False)
     assert [r.status for r in results] == ["done", "done", "failed"]
     assert [r.prompt for r in results] == ["a person walks", "a person jumps", "a person waves"]
     assert (results[0].seed, results[0].length, results[2].length) == (7, 0.4, 99.0)

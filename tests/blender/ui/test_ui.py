@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 
 import irg_blender_addon
-from irg_blender_addon.anim import actions, compat
+from irg_blender_addon.anim import actions, compat, ghost
 from irg_blender_addon.jobs import base as jobs
 from irg_blender_addon.jobs import generate as generate_jobs
 from irg_blender_addon.ui import generate as generate_ui
 from irg_blender_addon.ui import retarget as retarget_ops
 from irg_blender_addon.ui import review as review_ui
+from irg_blender_addon.ui import thumbnails as thumbnails_ui
 from irg_blender_addon.ui import versions as versions_ui
 from irg_blender_addon import props
 from irg_blender_addon.rig import armature as rig
@@ -22,7 +23,7 @@ from irg_blender_addon.settings import ADDON_ID
 from ui_recorder import Recorder, check_calls, draw, fake_context
 
 
-PANELS = [c for m in (generate_ui, versions_ui, review_ui, retarget_ops) for c in m.CLASSES
+PANELS = [c for m in (generate_ui, versions_ui, thumbnails_ui, review_ui, retarget_ops) for c in m.CLASSES
           if issubclass(c, bpy.types.Panel)]
 
 
@@ -178,7 +179,7 @@ def test_versions_list_shows_only_this_armatures_versions(addon):
     assert names == [a.name for a in reversed(mine)]  # not theirs, not the hand-keyed one, not the preview
     assert theirs.name not in names and hand.name not in names and preview.name not in names
     texts = rows[mine[0].name].texts()
-    assert texts[1:] == [mine[0].name, "R1", "walk 0", "too slow", ""]  # one-line assessment, then "apply to selected"
+    assert texts[1:] == [mine[0].name, "R1", "walk 0", "too slow", "", ""]  # one-line assessment, compare, apply
     assert [kw.get("icon") for _, kw in rows[mine[0].name].named("operator")][-1] == "MOD_ARMATURE"
     keep_icons = {n: [kw["icon"] for _, kw in r.named("operator")][0] for n, r in rows.items()}
     assert keep_icons == {mine[0].name: "UNLOCKED", mine[1].name: "LOCKED", mine[2].name: "UNLOCKED"}
@@ -283,3 +284,27 @@ def test_esc_cancels_in_the_3d_view(addon):
     generate_ui.unregister_keymaps()
     assert esc_items() == []
     generate_ui.register_keymaps()  # leave it as register() did, for the fixture's unregister
+
+
+def test_thumbnail_popover_compare_and_extend_controls(addon):
+    arm = rig.ensure_armature(bpy.context)
+    joints = np.zeros((8, 22, 3), np.float32) + np.linspace(0, 1, 22)[None, :, None]
+    first = actions.write_version(arm, joints, prompt="a walk")
+    second = actions.write_version(arm, joints, prompt="a walk")   # plays
+    _names, rows = list_rows(fake_context(arm), arm)
+    assert "irg.compare_version" in rows[first.name].operators()       # compare it with the playing one
+    assert "irg.compare_version" not in rows[second.name].operators()
+    assert [kw.get("icon") for _, kw in rows[first.name].named("label")][0] == "ACTION"  # no strip yet
+    popover = draw(thumbnails_ui.IRG_PT_version_thumbnail, fake_context(arm))
+    assert "No thumbnail yet: press Rebuild Thumbnails." in popover.text()
+    assert {"irg.rebuild_thumbnails", "irg.pack_thumbnails"} <= set(popover.operators())
+    assert bpy.ops.irg.compare_version(action=first.name) == {"FINISHED"}
+    _names, rows = list_rows(fake_context(arm), arm)
+    button = [kw for _, kw in rows[first.name].named("operator") if kw.get("icon", "").startswith("GHOST")]
+    assert button[0]["icon"] == "GHOST_ENABLED" and ghost.ghost_armature(arm) is not None
+    assert bpy.ops.irg.compare_version(action=first.name) == {"FINISHED"}
+    assert ghost.ghosts() == []
+    review = draw(review_ui.IRG_PT_review, fake_context(arm))
+    assert "irg.extend" in review.operators() and {"extend_prompt", "extend_seconds"} <= review.props()
+    with pytest.raises(RuntimeError, match="backend|Python|model"):   # no backend configured: refused, nothing sent
+        bpy.ops.irg.extend()
