@@ -9,6 +9,12 @@ pumps, then split by what the pump did (token and text events only, a preview
 write, the motion event that starts the version's solve in a worker, the final
 version write from the solved channels). The goal: no single pump over 10 ms.
 
+Then the versions' thumbnails (jobs/thumbnails.py): every ThumbnailJob.pump() timed
+while the strips of all the versions made above are rendered again by the worker
+process, alone and in the same timer ticks as one more live generation (as in the UI,
+where both timers run), split by what the pump did (the rig written to a temporary
+.blend, a version's F-Curves sampled, the worker started, a report taken, waiting).
+
 Two streams:
 - live: the backend as fast as it goes. The warm fixture model streams 49 tokens
   in about 0.1 s, so most events arrive in one or two pumps (a stress case).
@@ -31,6 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -44,8 +51,9 @@ import irg_blender_addon  # noqa: E402
 from irg_blender_addon.backend import local as client
 from irg_blender_addon.backend import registry
 from irg_blender_addon.jobs import base as jobs
+from irg_blender_addon.anim import actions
 from irg_blender_addon.jobs import generate as generate_jobs
-from irg_blender_addon.jobs import generate as generate_jobs
+from irg_blender_addon.jobs import thumbnails
 from irg_blender_addon.settings import get_settings
 from irg_blender_addon.rig import armature as rig  # noqa: E402
 
@@ -113,8 +121,10 @@ def record(settings: dict) -> tuple[list[dict], dict]:
     return events, job.client.ready_info or {}
 
 
-def timed_run(settings: dict, preview: bool, replay: ReplayClient | None = None) -> list[tuple[float, str]]:
-    """One generation pumped like the UI timer; (seconds, what the pump did) for every pump()."""
+def timed_run(settings: dict, preview: bool, replay: ReplayClient | None = None,
+              side: Callable[[], None] | None = None) -> list[tuple[float, str]]:
+    """One generation pumped like the UI timer; (seconds, what the pump did) for every pump().
+    `side` runs in every tick after the timed pump (another timer's work)."""
     if replay is None:
         job = generate_jobs.start_generation(bpy.context, PROMPT, preview=preview, **settings)
     else:
@@ -147,6 +157,8 @@ def timed_run(settings: dict, preview: bool, replay: ReplayClient | None = None)
             else:
                 what = "events only" if kinds else "idle"
             samples.append((dt, what))
+            if side is not None:
+                side()
             time.sleep(TIMER)
     finally:
         job.client.poll = poll
@@ -161,6 +173,46 @@ def row(stream: str, name: str, values: list[float]) -> str:
     ms = np.asarray(values) * 1000.0
     return (f"| {stream} | {name} | {len(ms)} | {ms.max():.2f} | {np.percentile(ms, 99):.2f} | {ms.mean():.2f} | "
             f"{np.median(ms):.2f} |")
+
+
+THUMB_STEPS = ("rig write", "version samples", "worker start", "report", "waiting", "cached")
+
+
+def timed_thumbnails(names: list[str], side: Callable[[], None] | None = None) -> list[tuple[float, str]]:
+    """The strips of `names` made (force: rendered again) like the UI timer makes them:
+    (seconds, what the pump did) for every ThumbnailJob.pump(); `side` runs between pumps."""
+    job = thumbnails.ThumbnailJob(names, force=True)
+    samples = []
+    while job.running:
+        t0 = time.perf_counter()
+        job.pump()
+        samples.append((time.perf_counter() - t0, job.last_step))
+        if side is not None:
+            side()
+        time.sleep(TIMER)
+    if job.state != "done" or job.errors:
+        sys.exit(f"the thumbnails were not made: {job.errors}")
+    return samples
+
+
+def thumbnails_during_generation(settings: dict, preview: bool, names: list[str]):
+    """A live generation and the strips of `names` pumped in the same timer ticks, as in the UI:
+    (generation samples, thumbnail samples)."""
+    job = thumbnails.ThumbnailJob(names, force=True)
+    strips: list[tuple[float, str]] = []
+
+    def side() -> None:
+        if job.running:
+            t0 = time.perf_counter()
+            job.pump()
+            strips.append((time.perf_counter() - t0, job.last_step))
+    generation = timed_run(settings, preview, side=side)
+    while job.running:
+        side()
+        time.sleep(TIMER)
+    if job.errors:
+        sys.exit(f"the thumbnails were not made: {job.errors}")
+    return generation, strips
 
 
 def main() -> None:
@@ -193,6 +245,9 @@ def main() -> None:
         events, info = record(settings)
         replay = ReplayClient(events, info, args.pace)
         paced = [s for _ in range(args.runs) for s in timed_run(settings, preview, replay)]
+        names = [a.name for a in actions.versions(rig.find_target_armature(bpy.context))]
+        strips_alone = timed_thumbnails(names)
+        during, strips_during = thumbnails_during_generation(settings, preview, names)
         irg_blender_addon.unregister()
     finally:
         shutil.rmtree(temp, ignore_errors=True)
@@ -210,6 +265,17 @@ def main() -> None:
         print(row(stream, "all", [dt for dt, _ in samples]))
         for what in ("idle", "events only", "preview write", "motion (solve started)", "final version write"):
             print(row(stream, what, [dt for dt, w in samples if w == what]))
+    print()
+    print(f"ThumbnailJob.pump() durations, ms: the strips of {len(names)} versions ({thumbnails.FRAMES} frames of "
+          f"{thumbnails.WIDTH}x{thumbnails.HEIGHT} each), rendered by the worker process")
+    print()
+    print("| when | pumps | count | max | p99 | mean | median |")
+    print("|---|---|---|---|---|---|---|")
+    for when, samples in (("alone", strips_alone), ("during a live generation", strips_during)):
+        print(row(when, "all", [dt for dt, _ in samples]))
+        for what in THUMB_STEPS:
+            print(row(when, what, [dt for dt, w in samples if w == what]))
+    print(row("generation pumps in the same ticks", "all", [dt for dt, _ in during]))
 
 
 if __name__ == "__main__":
