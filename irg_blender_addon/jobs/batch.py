@@ -378,7 +378,9 @@ class BatchJob:
         if not self.running:
             return False
         if self.sheet is not None:
-            return self._pump_sheet()
+            running = self._pump_sheet()
+            self._publish()
+            return running
         job = self.current
         if job is not None:
             try:
