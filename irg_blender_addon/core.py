@@ -10,10 +10,10 @@ from __future__ import annotations
 
 if __package__ and "." in __package__:  # bl_ext.<repo>.irg_motion.irg_blender_addon
     from ..model_backend.rig_math import footlock, metrics, quat, rootmotion, seam, skeleton, smoothing, solver
-    from ..model_backend.wire import manifest, protocol
+    from ..model_backend.wire import limits, manifest, protocol
 else:  # source checkout / tests: irg_blender_addon and model_backend are top-level
     from model_backend.rig_math import footlock, metrics, quat, rootmotion, seam, skeleton, smoothing, solver
-    from model_backend.wire import manifest, protocol
+    from model_backend.wire import limits, manifest, protocol
 
-__all__ = ["footlock", "manifest", "metrics", "protocol", "quat", "rootmotion", "seam", "skeleton", "smoothing",
-           "solver"]
+__all__ = ["footlock", "limits", "manifest", "metrics", "protocol", "quat", "rootmotion", "seam", "skeleton",
+           "smoothing", "solver"]

@@ -28,6 +28,7 @@ import bpy
 import numpy as np
 
 from . import compat, euler
+from .metadata import read_metadata
 from ..rig import pose, armature as rig
 
 NAMESPACE = "irg"
@@ -74,19 +75,20 @@ def versions(armature: bpy.types.Object) -> list[bpy.types.Action]:
     rid = _rig_id(armature, create=False)
     if rid is None:
         return []
-    found = [a for a in _all_versions() if a[NAMESPACE].get("armature_id") == rid]
-    return sorted(found, key=lambda a: (a[NAMESPACE].get("serial", 0), a[NAMESPACE].get("version", 0), a.name))
+    infos = {a.name: version_info(a) for a in _all_versions()}
+    found = [a for a in _all_versions() if infos[a.name].get("armature_id") == rid]
+    return sorted(found, key=lambda a: (infos[a.name].get("serial", 0), infos[a.name].get("version", 0), a.name))
 
 
 def version_info(action: bpy.types.Action) -> dict[str, Any]:
-    """The version's metadata as plain Python ({} for an Action that is not a version)."""
+    """The version's metadata as plain Python ({} for an Action that is not a version), read
+    through metadata.read_metadata: a malformed field reads as missing, with a warning naming
+    the Action. `tokens` is always a list, `seed` an int or None, `extra` a dict."""
     raw = action.get(NAMESPACE)
     if raw is None or not hasattr(raw, "to_dict"):
         return {}
-    info = raw.to_dict()
-    info["tokens"] = [int(t) for t in info.get("tokens", [])]
-    info["seed"] = int(info["seed"]) if info.get("seed", "") != "" else None  # stored as text: may exceed 32 bits
-    info.setdefault("extra", {})
+    info = read_metadata(raw.to_dict(), action.name)
+    info.setdefault("tokens", [])
     return info
 
 
@@ -257,7 +259,7 @@ def write_version(armature: bpy.types.Object, joints_blender, *, fps: float = 20
         action.use_fake_user = True
         action.use_frame_range = True
         action.frame_start, action.frame_end = start, end
-        serial = max((a[NAMESPACE].get("serial", 0) for a in _all_versions()), default=0) + 1
+        serial = max((version_info(a).get("serial", 0) for a in _all_versions()), default=0) + 1
         action[NAMESPACE] = {
             **fields, "slug": slug, "version": number, "serial": serial,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -25,7 +25,7 @@ import numpy as np
 from .. import props
 from ..anim import actions
 from ..backend.base import Backend, BackendError
-from ..core import protocol
+from ..core import limits, protocol
 from ..rig import sampling
 from ..settings import Settings
 
@@ -48,6 +48,16 @@ def set_meta(action: bpy.types.Action, **fields) -> None:
     actions.update_info(action, **fields)
 
 
+def check_token_count(action: bpy.types.Action) -> None:
+    """ValueError when a version holds more motion tokens than the backend takes (MAX_MOTION_TOKENS_IN),
+    said before anything is sent or started."""
+    count = len(actions.version_info(action).get("tokens") or ())
+    bound = limits.MAX_MOTION_TOKENS_IN
+    if count > bound:
+        raise ValueError(f"Version {action.name!r} holds {count} motion tokens; the backend takes at most {bound} "
+                         f"({bound // 5} s). Its metadata was edited or the file is damaged: use another version.")
+
+
 def motion_source(action: bpy.types.Action, armature: bpy.types.Object | None = None) -> dict[str, Any]:
     """The `{motion}` fields of a critique/refine/caption request for an Action.
 
@@ -61,6 +71,7 @@ def motion_source(action: bpy.types.Action, armature: bpy.types.Object | None = 
             raise ValueError(f"Version {action.name!r} was edited by hand: select the armature it animates, so the "
                              "edited animation can be sampled.")
     elif info.get("tokens"):
+        check_token_count(action)
         return {"tokens": [int(t) for t in info["tokens"]]}
     elif info and action.get(actions.JOINTS_KEY) is not None:
         joints, _contacts = actions.source_motion(action)

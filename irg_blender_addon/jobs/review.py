@@ -20,7 +20,7 @@ from ..backend import registry
 from ..backend.base import Backend
 from ..rig import armature as rig
 from ..settings import Settings, get_settings
-from .base import BackendJob, check_idle, manager, motion_source, set_meta
+from .base import BackendJob, check_idle, check_token_count, manager, motion_source, set_meta
 from .generate import PREVIEW_MARK, GenerateJob
 
 class RefineJob(GenerateJob):
@@ -206,6 +206,7 @@ def _review_inputs(context, action, armature, prompt: str | None, overrides: dic
     if need_prompt and not prompt:
         raise ValueError(f"{action.name!r} is not a generated version, so it has no prompt: type in the prompt "
                          "what the motion should show, then try again.")
+    check_token_count(action)  # before a backend is started for a motion it would refuse
     settings = get_settings(**overrides)
     backend = registry.client_for(settings)
     motion = motion_source(action, armature)  # samples hand-keyed animation (ValueError if it cannot)

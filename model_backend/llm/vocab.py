@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..wire.protocol import NUM_MOTION_CODES  # one definition, shared with the add-on
+
 MOTION_START = "<Motion>"
 MOTION_END = "</Motion>"
-NUM_MOTION_CODES = 512
 
 
 class MotionVocabError(ValueError):

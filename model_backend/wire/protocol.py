@@ -18,6 +18,7 @@ import numpy as np
 from .limits import MAX_ARRAY_DIMS, MAX_ARRAY_ELEMENTS, LimitError, check, parse_json
 
 PROTOCOL_VERSION = 1
+NUM_MOTION_CODES = 512  # motion tokens are codebook indices 0..511
 
 WORK_TYPES = ("generate", "critique", "refine", "caption", "encode", "decode")  # queued, one at a time
 CONTROL_TYPES = ("cancel", "ping", "info", "shutdown")                           # answered at once
