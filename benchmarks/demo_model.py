@@ -44,7 +44,7 @@ from model_backend.train.label_checks import CHECKS, check, measure  # noqa: E40
 
 def load_codec(model_dir: Path) -> Any:
     """The codec of a full model folder (manifest.json) or of a VQ-VAE folder (vqvae.json)."""
-    from model_backend.codec import MotionCodec
+    from model_backend.vq.codec import MotionCodec
     from model_backend.train.vq_train import load_vq_codec
 
     if (model_dir / "manifest.json").is_file():
@@ -129,7 +129,7 @@ def run_one(engine: Any, prompt: str, mode: str, seed: int) -> dict[str, Any]:
 
 
 def generation(model_dir: Path, prompts: list[tuple[str, str]], modes: list[str], seed: int) -> None:
-    from model_backend.engine import Engine
+    from model_backend.llm.engine import Engine
 
     engine = Engine(model_dir, device="cpu")
     print(f"\n### Generated motion vs its label ({len(prompts)} held-out wordings, greedy, seed {seed}, "

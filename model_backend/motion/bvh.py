@@ -1,4 +1,4 @@
-"""BVH export of solved rotations, and a minimal reader for tests (numpy only).
+"""BVH export of solved rotations, and a reader with forward kinematics (numpy only).
 
 File conventions:
 - Y up, facing +Z, metres (HumanML3D axes), which is BVH's usual frame.
@@ -225,29 +225,29 @@ def read_bvh(path: str | os.PathLike) -> BvhData:
 
 
 def bvh_positions(data: BvhData) -> np.ndarray:
-    """Joint positions (T, J, 3) of a parsed BVH by forward kinematics, in the file's axes and units."""
+    """Joint positions (T, J, 3) of a parsed BVH by forward kinematics, in the file's axes and units.
+
+    A joint's position channels, where it has them, are its translation from its parent (the
+    root's: its position), replacing the OFFSET on the axes they name; files that give every
+    joint position channels (the Bandai Namco dataset) repeat the offset there.
+    """
     t = len(data.values)
     world_rot = np.empty((t, len(data.names), 3, 3))
     pos = np.empty((t, len(data.names), 3))
     col = 0
     for j, (p, chans) in enumerate(zip(data.parents, data.channels)):
         local = np.broadcast_to(np.eye(3), (t, 3, 3)).copy()
-        trans = data.offsets[j]
-        moved = np.zeros((t, 3))
-        has_pos = False
+        trans = np.broadcast_to(data.offsets[j], (t, 3)).copy()
         for k, name in enumerate(chans):
             v = data.values[:, col + k]
             if name.endswith("position"):
-                moved[:, "XYZ".index(name[0])] = v
-                has_pos = True
+                trans[:, "XYZ".index(name[0])] = v
             elif name.endswith("rotation"):
                 local = local @ _axis_matrix(name[0], np.radians(v))
         col += len(chans)
         if p < 0:
-            # Absolute root position channels (the common convention); without them, the offset.
-            pos[:, j] = moved if has_pos else trans
-            world_rot[:, j] = local
+            pos[:, j], world_rot[:, j] = trans, local
         else:
-            pos[:, j] = pos[:, p] + np.einsum("tij,tj->ti", world_rot[:, p], trans + moved)
+            pos[:, j] = pos[:, p] + np.einsum("tij,tj->ti", world_rot[:, p], trans)
             world_rot[:, j] = world_rot[:, p] @ local
     return pos

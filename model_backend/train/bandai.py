@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bvh import BvhData, read_bvh
-from ..skeleton import HUMANML3D
+from ..motion.bvh import bvh_positions, read_bvh
+from ..rig_math.skeleton import HUMANML3D
 
 __all__ = ["Clip", "list_clips", "to_humanml3d", "clip_joints", "BANDAI_DIRECT", "SPINE_FRACTIONS",
-           "METRES_PER_UNIT", "bvh_world_positions"]
+           "METRES_PER_UNIT"]
 
 DATASETS = ("Bandai-Namco-Research-Motiondataset-1", "Bandai-Namco-Research-Motiondataset-2")
 METRES_PER_UNIT = 0.01  # the files are in centimetres
@@ -95,36 +95,6 @@ def list_clips(root: str | os.PathLike) -> list[Clip]:
     return clips
 
 
-def bvh_world_positions(data: BvhData) -> np.ndarray:
-    """Joint positions (T, J, 3) by forward kinematics, in the file's axes and units.
-
-    A joint's position channels, when it has them, replace its OFFSET as the translation from
-    its parent (the Bandai files give every joint position channels equal to its offset).
-    """
-    from ..bvh import _axis_matrix  # noqa: PLC0415  (moves into the BVH reader itself)
-
-    t, n = len(data.values), len(data.names)
-    world_rot = np.empty((t, n, 3, 3))
-    pos = np.empty((t, n, 3))
-    col = 0
-    for j, (p, chans) in enumerate(zip(data.parents, data.channels)):
-        local = np.broadcast_to(np.eye(3), (t, 3, 3)).copy()
-        trans = np.broadcast_to(data.offsets[j], (t, 3)).copy()
-        for k, name in enumerate(chans):
-            v = data.values[:, col + k]
-            if name.endswith("position"):
-                trans[:, "XYZ".index(name[0])] = v
-            elif name.endswith("rotation"):
-                local = local @ _axis_matrix(name[0], np.radians(v))
-        col += len(chans)
-        if p < 0:
-            pos[:, j], world_rot[:, j] = trans, local
-        else:
-            pos[:, j] = pos[:, p] + np.einsum("tij,tj->ti", world_rot[:, p], trans)
-            world_rot[:, j] = world_rot[:, p] @ local
-    return pos
-
-
 def _along_chain(points: np.ndarray, fraction: float) -> np.ndarray:
     """The point at `fraction` of the arc length of a polyline (T, K, 3), per frame."""
     seg = np.linalg.norm(np.diff(points, axis=1), axis=-1)  # (T, K-1)
@@ -158,5 +128,5 @@ def to_humanml3d(positions: np.ndarray, names: tuple[str, ...] | list[str]) -> n
 def clip_joints(path: str | os.PathLike) -> tuple[np.ndarray, float]:
     """A Bandai BVH file -> (HumanML3D joints (T, 22, 3) in metres, Y up, facing +Z; its fps)."""
     data = read_bvh(path)
-    joints = to_humanml3d(bvh_world_positions(data), data.names) * METRES_PER_UNIT
+    joints = to_humanml3d(bvh_positions(data), data.names) * METRES_PER_UNIT
     return joints, data.fps

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..motion import canonicalize, joints_to_features, resample
-from ..skeleton import HUMANML3D
+from ..motion.features import canonicalize, joints_to_features, resample
+from ..rig_math.skeleton import HUMANML3D
 from .bandai import Clip, clip_joints, list_clips
 from .progress import progress
 

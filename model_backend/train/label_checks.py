@@ -24,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..skeleton import HUMANML3D
+from ..rig_math.skeleton import HUMANML3D
 
 __all__ = ["Measures", "LabelCheck", "CHECKS", "measure", "check", "passing_labels", "supported_labels"]
 

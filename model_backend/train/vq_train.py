@@ -1,10 +1,12 @@
 """Train the demo model's VQ-VAE on the processed clips and write it in the model-folder format.
 
 The network is the project's T2M-GPT `VQVAE` (same module names and file format as the real
-one, narrower); only the training is here. The recipe follows T2M-GPT (its windows are 64 frames; here 32, as a third of the
-clips are shorter): random windows of normalised features (clips weighted 1/sqrt(clips of their content)), smooth-L1 reconstruction plus 0.5 x smooth-L1 on the root-relative
-positions (and, not in T2M-GPT, 1.0 x on the 4 root channels, whose errors add up along the path), commitment 0.02, a codebook learnt by exponential moving averages (decay 0.99)
-with dead codes reset to random encoder outputs, straight-through gradients. Convolutions run
+one, narrower); only the training is here. The recipe follows T2M-GPT (its windows are 64
+frames; here 32, as a third of the clips are shorter): random windows of normalised features,
+smooth-L1 reconstruction plus 0.5 x smooth-L1 on the root-relative positions (and, not in
+T2M-GPT, 0.5 x on the 4 root channels, whose errors add up along the path), commitment 0.02,
+a codebook learnt by exponential moving averages (decay 0.99) with dead codes reset to random
+encoder outputs, straight-through gradients. Convolutions run
 under bf16 autocast (about twice as fast on a CPU with avx512-bf16); the quantiser and the
 weights stay fp32. Deterministic for a seed at a fixed thread count.
 
@@ -33,9 +35,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..codec import MotionCodec
-from ..skeleton import FRAMES_PER_TOKEN, HUMANML3D
-from ..vqvae import VQVAE, load_vqvae, save_vqvae
+from ..rig_math.skeleton import FRAMES_PER_TOKEN, HUMANML3D
+from ..vq.codec import MotionCodec
+from ..vq.vqvae import VQVAE, load_vqvae, save_vqvae
 from .dataset import MotionSet, load_cache
 from .progress import progress
 
@@ -52,17 +54,18 @@ class VQSettings:
     width: int = 128
     code_dim: int = 128
     num_codes: int = 512        # fixed by the tokenizer layout: <Motion_0..511>
-    steps: int = 1800
+    steps: int = 2000
     batch: int = 128
     window: int = 32            # frames (1.6 s at 20 fps: a third of the clips are under 3.2 s)
     lr: float = 1e-3
     warmup: int = 100
     commit: float = 0.02
     pos_weight: float = 0.5     # extra weight on the root-relative positions
-    root_weight: float = 1.0    # extra weight on the root channels (their errors add up along the path)
+    root_weight: float = 0.5    # extra weight on the root channels (their errors add up along the path)
     ema_decay: float = 0.99
     seed: int = 0
     bf16: bool = True
+    balance: bool = False       # weight clips by 1/sqrt(clips of their content)
 
 
 def _blocks(num_joints: int = HUMANML3D.num_joints) -> list[slice]:
@@ -117,10 +120,10 @@ class _EmaCodebook:
         return float(torch.exp(-(p * torch.log(p + 1e-7)).sum()))
 
 
-def _windows(motion: MotionSet, window: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _windows(motion: MotionSet, window: int, balance: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Start rows, lengths and sampling probabilities of the training clips long enough for one
-    window. A clip's weight is 1/sqrt(clips of its content), so the dataset's 15-clip contents
-    (walk-back, bow, ...) are seen more often than their share without swamping the rest."""
+    window: uniform, or with `balance` 1/sqrt(clips of its content), so the dataset's 15-clip
+    contents (walk-back, bow, ...) are seen more often than their share."""
     clips = [i for i in motion.indices(heldout=False) if motion.offsets[i + 1] - motion.offsets[i] >= window]
     if not clips:
         raise ValueError(f"no training clip has {window} frames; lower the window")
@@ -128,7 +131,7 @@ def _windows(motion: MotionSet, window: int) -> tuple[np.ndarray, np.ndarray, np
     lengths = motion.offsets[np.array(clips) + 1] - starts
     contents = motion.contents[clips]
     counts = {c: int(np.sum(contents == c)) for c in set(contents)}
-    weights = np.array([1.0 / math.sqrt(counts[c]) for c in contents])
+    weights = np.array([1.0 / math.sqrt(counts[c]) if balance else 1.0 for c in contents])
     return starts, lengths, weights / weights.sum()
 
 
@@ -151,7 +154,7 @@ def train_vqvae(motion: MotionSet, settings: VQSettings = VQSettings(), *, show_
                                  for i in motion.indices(heldout=False)])
     mean, std = feature_statistics(motion.features[train_rows])
     norm = ((motion.features - mean) / std).astype(np.float32)
-    starts, lengths, weights = _windows(motion, s.window)
+    starts, lengths, weights = _windows(motion, s.window, s.balance)
 
     model = VQVAE(feature_size=HUMANML3D.feature_size, width=s.width, code_dim=s.code_dim,
                   num_codes=s.num_codes)
@@ -164,7 +167,8 @@ def train_vqvae(motion: MotionSet, settings: VQSettings = VQSettings(), *, show_
     model.train()
     start_time = time.monotonic()
     for step in progress(range(s.steps), s.steps, "vq-vae", enabled=show_progress):
-        pick = rng.choice(len(starts), size=s.batch, p=weights)
+        pick = (rng.choice(len(starts), size=s.batch, p=weights) if s.balance
+                else rng.integers(len(starts), size=s.batch))
         offset = (rng.random(s.batch) * (lengths[pick] - s.window + 1)).astype(np.int64)
         rows = (starts[pick] + offset)[:, None] + np.arange(s.window)[None, :]
         x = torch.from_numpy(norm[rows])  # (B, T, F)

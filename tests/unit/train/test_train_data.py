@@ -10,22 +10,21 @@ import numpy as np
 import pytest
 from bandai_clips import write_bandai_bvh, write_dataset
 
-from model_backend.bvh import read_bvh
-from model_backend.motion import features_to_joints
-from model_backend.skeleton import HUMANML3D
-from model_backend.train.bandai import (SPINE_FRACTIONS, bvh_world_positions, clip_joints, list_clips,
-                                        to_humanml3d)
+from model_backend.motion.bvh import bvh_positions, read_bvh
+from model_backend.motion.features import features_to_joints
+from model_backend.rig_math.skeleton import HUMANML3D
+from model_backend.train.bandai import SPINE_FRACTIONS, clip_joints, list_clips, to_humanml3d
 from model_backend.train.dataset import build_cache, heldout_split, load_cache, process_clip
 from model_backend.train.label_checks import measure
 
 
 def test_position_channels_replace_the_offset(tmp_path):
     data = read_bvh(write_bandai_bvh(tmp_path / "a.bvh", frames=3, spine_channel_y=20.0))
-    pos = bvh_world_positions(data)
+    pos = bvh_positions(data)
     spine, hips = data.names.index("Spine"), data.names.index("Hips")
     np.testing.assert_allclose(pos[:, spine] - pos[:, hips], [[0, 20, 0]] * 3, atol=1e-9)
     # Channels equal to the offsets (the dataset's case) give the rest skeleton moved by the hips.
-    pos = bvh_world_positions(read_bvh(write_bandai_bvh(tmp_path / "b.bvh", frames=3)))
+    pos = bvh_positions(read_bvh(write_bandai_bvh(tmp_path / "b.bvh", frames=3)))
     np.testing.assert_allclose(pos[0, data.names.index("Head")], [0, 95 + 15 + 10 + 16 + 7, 0], atol=1e-9)
 
 
@@ -47,7 +46,7 @@ def test_joint_map_places_every_humanml3d_joint(tmp_path):
 def test_joint_map_names_a_foreign_skeleton(bvh_dir):
     data = read_bvh(bvh_dir / "mocapbank_19joint_30fps.bvh")
     with pytest.raises(ValueError, match="not a Bandai Namco skeleton.*missing"):
-        to_humanml3d(bvh_world_positions(data), data.names)
+        to_humanml3d(bvh_positions(data), data.names)
 
 
 def test_clip_becomes_20fps_features_that_decode_to_its_joints(tmp_path):

