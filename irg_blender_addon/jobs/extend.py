@@ -38,16 +38,17 @@ def source_motion(action: bpy.types.Action, armature: bpy.types.Object | None,
                   rate: float) -> tuple[np.ndarray, np.ndarray | None]:
     """The Action's joints (T, 22, 3; Blender axes) at `rate` fps, and its contacts (T, 4) or None.
 
-    A version gives the joints it was made from; any other Action is sampled on `armature`
-    (ValueError when there is none, or it cannot be sampled)."""
+    A version gives the joints it was made from; any other Action, and a version whose keys
+    the animator edited (actions.is_edited), is sampled on `armature` (ValueError when there
+    is none, or it cannot be sampled)."""
     info = actions.version_info(action)
-    if info and action.get(actions.JOINTS_KEY) is not None:
+    if info and action.get(actions.JOINTS_KEY) is not None and not actions.is_edited(action):
         joints, contacts = actions.source_motion(action)
         fps = float(info.get("src_fps", rate))
     else:
         if armature is None:
-            raise ValueError(f"Action {action.name!r} is not an IRG Motion version: select the armature it "
-                             "animates, so it can be sampled.")
+            raise ValueError(f"Action {action.name!r} is not an IRG Motion version, or was edited by hand: "
+                             "select the armature it animates, so it can be sampled.")
         sampled = sampling.sample_action(armature, action)
         joints, contacts, fps = sampled.joints, None, float(sampled.fps)
     if abs(fps - rate) > 1e-6:
@@ -86,6 +87,7 @@ class ExtendJob(GenerateJob):
         self.phase = "encode"             # then "generate"
         self.prefix: list[int] = []
         self.seams: dict[int, int] = {}   # round -> index of the first new frame (at `rate`)
+        self.source_edited = False        # a version edited by hand: its keys were sampled
 
     def request(self) -> dict[str, Any]:
         if self.phase == "encode":
@@ -144,7 +146,7 @@ class ExtendJob(GenerateJob):
         fields["extra"] = {**fields["extra"], "extended_from": self.source_name,
                            "extend_frame": round(float(start_frame), 3), "seam_index": first_new,
                            "prefix_tokens": len(self.prefix), "tail_seconds": seam.TAIL_SECONDS,
-                           "new_seconds": self.seconds}
+                           "new_seconds": self.seconds, "source_edited": self.source_edited}
         return fields
 
 
@@ -170,5 +172,6 @@ def start_extend(context, action, prompt: str | None = None, *, seconds: float =
     text = (prompt or "").strip() or actions.version_info(action).get("prompt", "") or CONTINUE_PROMPT
     job = ExtendJob(backend, target.name, action.name, text, source, contacts, settings, rate=rate,
                     seconds=seconds)
+    job.source_edited = actions.is_edited(action)
     manager.start(job)
     return job

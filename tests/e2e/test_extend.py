@@ -100,3 +100,13 @@ def test_extend_hand_keyed_animation_and_refusals(scene, backend_python, fixture
     after = {fc.data_path + str(fc.array_index): [tuple(k.co) for k in fc.keyframe_points]
              for fc in compat.action_fcurves(hand)}
     assert after == keys and not actions.version_info(hand)
+
+    # a version edited by hand is extended from its keys as they are now, not from its stored joints
+    version = made[0]
+    assert not actions.version_info(version)["extra"]["source_edited"]
+    curve = next(fc for fc in compat.action_fcurves(version) if fc.data_path.endswith("location"))
+    curve.keyframe_points[-1].co.y += 0.3
+    curve.update()
+    assert actions.is_edited(version)
+    again = api.extend(version, "then he waves", seconds=1, armature=arm, **fast)
+    assert actions.version_info(again[0])["extra"]["source_edited"] is True
