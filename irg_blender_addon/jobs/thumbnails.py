@@ -8,9 +8,11 @@ Blender (render_worker.py) renders:
 1. once per armature, its rig (the armature object and the meshes bound to it,
    without its Action) goes to a temporary .blend with bpy.data.libraries.write;
 2. per version, its F-Curves are evaluated at the strip's frames and at a dozen
-   frames of its path (for the camera) into a small .npy: no keys are written out;
-3. the worker process starts with a JSON request and reports each finished strip
-   on stdout (read by a thread); each report loads one PNG into the previews.
+   frames of its path (for the camera), 50 curves a pump, into a small .npy: no keys
+   are written out;
+3. a thread starts the worker process with a JSON request (so the fork never blocks a
+   pump) and reads its reports of finished strips; each report loads one PNG into the
+   previews.
 
 Strips are cached next to the .blend (`<file>_irg_thumbs/`, or Blender's temp
 folder for an unsaved file), named for the version and a fingerprint of it, so
@@ -41,6 +43,7 @@ from ..anim import actions, compat
 WORKER = Path(__file__).with_name("render_worker.py")
 WIDTH, HEIGHT, FRAMES = 320, 240, 4
 PATH_SAMPLES = 12            # frames sampled to frame the camera on the whole path
+CURVES_PER_STEP = 50         # F-Curves evaluated per pump
 PACK_MARK = "irg_thumbnail_of"  # custom property of a packed thumbnail image: the version's name
 _previews = None             # bpy.utils.previews collection (made on first use)
 
@@ -132,14 +135,30 @@ def strip_frames(action: bpy.types.Action, count: int) -> list[float]:
     return [float(start + (end - start) * k / max(1, count - 1)) for k in range(count)]
 
 
-def sample_channels(action: bpy.types.Action, frames: list[float]) -> tuple[list[list[Any]], np.ndarray]:
-    """([data_path, index] per F-Curve, values (curves, frames)): the Action evaluated at the frames."""
-    curves = compat.action_fcurves(action)
-    values = np.empty((len(curves), len(frames)), dtype=np.float32)
-    for row, fcurve in enumerate(curves):
-        evaluate = fcurve.evaluate
-        values[row] = [evaluate(f) for f in frames]
-    return [[c.data_path, c.array_index] for c in curves], values
+class ChannelSampler:
+    """An Action's F-Curves evaluated at some frames, CURVES_PER_STEP curves per step()
+    (a 22-bone version has 154 curves: about 1 ms a step)."""
+
+    def __init__(self, action: bpy.types.Action, frames: list[float]):
+        self.curves = compat.action_fcurves(action)
+        self.frames = list(frames)
+        self.values = np.empty((len(self.curves), len(self.frames)), dtype=np.float32)
+        self.row = 0
+
+    @property
+    def done(self) -> bool:
+        return self.row >= len(self.curves)
+
+    @property
+    def channels(self) -> list[list[Any]]:
+        """[data_path, array index] of each row of `values`."""
+        return [[c.data_path, c.array_index] for c in self.curves]
+
+    def step(self) -> None:
+        for row in range(self.row, min(self.row + CURVES_PER_STEP, len(self.curves))):
+            evaluate = self.curves[row].evaluate
+            self.values[row] = [evaluate(f) for f in self.frames]
+        self.row = min(self.row + CURVES_PER_STEP, len(self.curves))
 
 
 def write_rig(armature: bpy.types.Object, meshes: list[bpy.types.Object], path: Path) -> None:
@@ -191,6 +210,8 @@ class ThumbnailJob:
         self._items: list[dict[str, Any]] = []
         self._targets: dict[str, str] = {}    # key -> version name
         self._proc: subprocess.Popen | None = None
+        self._started = False
+        self._sampling: tuple[str, str, list[bpy.types.Object], Path, ChannelSampler] | None = None
         self._lines: Queue[str] = Queue()
         self.last_step = ""                   # what the last pump did (benchmarks/pump.py)
 
@@ -204,9 +225,11 @@ class ThumbnailJob:
             return False
         self.last_step = "waiting"
         try:
-            if self._todo:
+            if self._sampling is not None:
+                self._sample_step()
+            elif self._todo:
                 self._prepare(self._todo.pop(0))
-            elif self._proc is None:
+            elif not self._started:
                 self._start()
             else:
                 self._take_report()
@@ -252,15 +275,28 @@ class ThumbnailJob:
             self._rigs[armature.name] = str(rig_file)
             self._todo.insert(0, name)  # the samples in the next pump: one costly step per pump
             return
+        sampler = ChannelSampler(action, strip_frames(action, self.frames) + strip_frames(action, PATH_SAMPLES))
+        self._sampling = (name, armature.name, meshes, out, sampler)
+        self._sample_step()
+
+    def _sample_step(self) -> None:
+        """Evaluate the next curves of the version being sampled; once all are, it is an item."""
+        name, armature, meshes, out, sampler = self._sampling
         self.last_step = "version samples"
-        frames = strip_frames(action, self.frames)
-        channels, values = sample_channels(action, frames + strip_frames(action, PATH_SAMPLES))
+        if bpy.data.actions.get(name) is None:  # deleted meanwhile: its curves are gone with it
+            self._sampling = None
+            self.errors[name] = "the version no longer exists"
+            return
+        sampler.step()
+        if not sampler.done:
+            return
+        self._sampling = None
         key = f"v{len(self._items)}"
-        np.save(self._scratch / f"{key}.npy", values)
+        np.save(self._scratch / f"{key}.npy", sampler.values)
         out.parent.mkdir(parents=True, exist_ok=True)
-        self._items.append({"key": key, "rig": self._rigs[armature.name], "armature": armature.name,
-                            "meshes": [m.name for m in meshes], "frames": frames,
-                            "path_frames": strip_frames(action, PATH_SAMPLES), "channels": channels,
+        self._items.append({"key": key, "rig": self._rigs[armature], "armature": armature,
+                            "meshes": [m.name for m in meshes], "frames": sampler.frames[:self.frames],
+                            "path_frames": sampler.frames[self.frames:], "channels": sampler.channels,
                             "values": str(self._scratch / f"{key}.npy"), "out": str(out)})
         self._targets[key] = name
 
@@ -284,16 +320,22 @@ class ThumbnailJob:
         request = self._scratch / "request.json"
         request.write_text(json.dumps({"width": WIDTH, "height": HEIGHT, "items": self._items, "sheet": sheet}),
                            encoding="utf-8")
-        with open(self._scratch / "worker.log", "wb") as log:  # the child keeps its own handle
-            self._proc = subprocess.Popen(worker_command(request), stdout=subprocess.PIPE, stderr=log,
-                                          stdin=subprocess.DEVNULL, text=True, env=_worker_env())
-        threading.Thread(target=self._read, args=(self._proc,), daemon=True, name="irg-thumbs-read").start()
+        self._started = True
+        threading.Thread(target=self._run_worker, args=(worker_command(request),), daemon=True,
+                         name="irg-thumbs-worker").start()
         self.last_step = "worker start"
 
-    def _read(self, proc: subprocess.Popen) -> None:
-        for line in proc.stdout:
-            if line.startswith("{"):
-                self._lines.put(line)
+    def _run_worker(self, command: list[str]) -> None:
+        """Thread: start the worker (a fork of Blender takes 5-20 ms: never in a pump) and queue its reports."""
+        try:
+            with open(self._scratch / "worker.log", "wb") as log:  # the child keeps its own handle
+                self._proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log,
+                                              stdin=subprocess.DEVNULL, text=True, env=_worker_env())
+            for line in self._proc.stdout:
+                if line.startswith("{"):
+                    self._lines.put(line)
+        except OSError as exc:
+            (self._scratch / "worker.log").write_text(f"cannot start {command[0]}: {exc}")
         self._lines.put("")  # end of output
 
     def _take_report(self) -> None:
@@ -302,12 +344,12 @@ class ThumbnailJob:
         except Empty:
             return
         if not line:
-            self._proc.wait()
+            code = self._proc.wait() if self._proc is not None else "none: it did not start"
             missing = [self._targets[i["key"]] for i in self._items if self._targets[i["key"]] not in self.made
                        and self._targets[i["key"]] not in self.errors]
             log = (self._scratch / "worker.log").read_text(errors="replace").strip().splitlines()[-3:]
             for name in missing:
-                self.errors[name] = (f"the render worker ended (exit code {self._proc.returncode}) before it: "
+                self.errors[name] = (f"the render worker ended (exit code {code}) before it: "
                                      + " | ".join(log))
             self._end("done" if not missing else "error")
             return
