@@ -3,7 +3,8 @@
 Where a setting comes from, highest first: a keyword passed to `get_settings`
 (scripts, operators) > the add-on preferences > the environment variables
 IRG_BACKEND_PYTHON / IRG_MODEL_DIR / IRG_SERVER_URL / IRG_SERVER_TOKEN (only for
-those, when the preference is empty) > the built-in default.
+those, when the preference is empty) > the built-in default. The built-in model is
+the demo model that comes with the add-on (model_backend.wire.manifest.shipped_model).
 
 The server token is a PASSWORD property and is never logged or shown: Settings
 leaves it out of its repr.
@@ -17,6 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import bpy
+
+from .backend.setup import BUNDLED_WHEELS, bundled_wheel
+from .core import manifest
 
 # The add-on's module name: `bl_ext.<repo>.irg_motion` when installed as an extension
 # (this package is then its `irg_blender_addon` sub-package), `irg_blender_addon` in tests.
@@ -36,7 +40,7 @@ MODES = (("interleaved", "Reason & refine", "The model analyses the prompt, gene
          ("direct", "Direct", "One motion, no reasoning trace (fastest)"))
 
 ENV_PYTHON = "IRG_BACKEND_PYTHON"
-ENV_MODEL = "IRG_MODEL_DIR"
+ENV_MODEL = manifest.MODEL_ENV
 ENV_SERVER_URL = "IRG_SERVER_URL"
 ENV_SERVER_TOKEN = "IRG_SERVER_TOKEN"
 
@@ -90,7 +94,7 @@ def addon_preferences() -> bpy.types.AddonPreferences | None:
 
 
 def get_settings(**overrides) -> Settings:
-    """Preferences merged with keyword overrides (keyword > preferences > environment).
+    """Preferences merged with keyword overrides (keyword > preferences > environment > built-in).
 
     Unknown keywords or out-of-range values raise ValueError naming the valid ones."""
     fields = {f.name for f in dataclasses.fields(Settings)}
@@ -107,6 +111,8 @@ def get_settings(**overrides) -> Settings:
         if not values[name]:
             values[name] = os.environ.get(env, "")
     values.update({k: v for k, v in overrides.items() if v is not None or k == "seed"})
+    if not values["model_dir"]:
+        values["model_dir"] = str(manifest.shipped_model() or "")
     for name in ("backend_python", "model_dir"):
         values[name] = bpy.path.abspath(str(values[name])) if values[name] else ""
     values["server_url"] = str(values["server_url"] or "").strip()
@@ -151,14 +157,26 @@ def env_dir_text() -> str:
 
 
 def default_backend_source() -> str:
-    """This add-on's source folder when it is a checkout (pyproject.toml), else the release of the
-    same version (`irg-motion==X`, from blender_manifest.toml)."""
+    """What Set Up Backend installs by default: this add-on's source folder when it is a checkout
+    (pyproject.toml); else the backend wheel the extension zip carries (`make extension`); else the
+    release of the same version (`irg-motion==X`)."""
     if (PACKAGE_ROOT / "pyproject.toml").is_file():
         return str(PACKAGE_ROOT)
     try:
         version = tomllib.loads((PACKAGE_ROOT / "blender_manifest.toml").read_text(encoding="utf-8"))["version"]
     except (OSError, KeyError, tomllib.TOMLDecodeError):
         return "irg-motion"
-    return f"irg-motion=={version}"
+    wheel = bundled_wheel(PACKAGE_ROOT / BUNDLED_WHEELS, version)
+    return str(wheel) if wheel is not None else f"irg-motion=={version}"
+
+
+def default_model_text() -> str:
+    """What an empty Model Folder means now, for the preferences (never raises: draw() calls it)."""
+    if os.environ.get(ENV_MODEL, "").strip():
+        return f"Empty: ${ENV_MODEL} ({os.environ[ENV_MODEL]})"
+    found = manifest.shipped_model()
+    if found is None:
+        return "Empty, and this installation has no demo model: set a model folder"
+    return f"Empty: the demo model that comes with the add-on ({found})"
 
 

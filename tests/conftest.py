@@ -43,6 +43,17 @@ def bvh_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def demo_model() -> Path:
+    """The demo model shipped in presets/models, the default model (skips with a reason when absent).
+    For tests that need a model whose motion matches its prompt; format tests use a fixture model."""
+    from model_backend.wire.manifest import default_model_dir, shipped_model
+    found = shipped_model()
+    if found is None:
+        pytest.skip(f"the demo model is absent (no {default_model_dir() / 'manifest.json'})")
+    return found
+
+
+@pytest.fixture(scope="session")
 def backend_python() -> Path:
     """The Python of the backend environment (made by `make envs`)."""
     path = Path(os.environ.get("IRG_BACKEND_PYTHON", ROOT / ".venv-backend" / "bin" / "python"))

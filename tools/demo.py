@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--prompt", required=True)
-    p.add_argument("--model", required=True, help="model folder (converted or a fixture)")
+    p.add_argument("--model", default=None,
+                   help="model folder (default: $IRG_MODEL_DIR, else the demo model in presets/models)")
     p.add_argument("--backend-python", required=True)
     p.add_argument("--out", default="out/demo.blend")
     p.add_argument("--mode", default="interleaved", choices=["interleaved", "direct"])
@@ -34,17 +35,26 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("BLENDER_USER_RESOURCES", tempfile.mkdtemp(prefix="irg-demo-blender-"))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.path.insert(0, str(ROOT))
+    from model_backend.wire.manifest import MODEL_ENV, default_model_dir, resolve_model_dir
+
+    found = resolve_model_dir(args.model)
+    if found is None:
+        print(f"error: no model: the demo model {default_model_dir()} is missing (restore it with git), or give "
+              f"another model folder with --model or {MODEL_ENV} (`make fixture` builds an untrained one)",
+              file=sys.stderr)
+        return 2
     import bpy
 
     import irg_blender_addon
     from irg_blender_addon.anim import actions
     from irg_blender_addon import api
 
-    model_dir = Path(args.model).resolve()
+    model_dir = Path(found).resolve()
     manifest = json.loads((model_dir / "manifest.json").read_text())
+    print(f"Model: {manifest.get('name')} ({model_dir})")
     if manifest.get("fixture"):
-        print("NOTE: using a tiny UNTRAINED fixture model: its motion is noise. "
-              "Set IRG_MODEL_DIR to a converted IRG-MotionLLM folder for real motion (docs/model-setup.md).")
+        print(f"NOTE: this is a tiny UNTRAINED fixture model: its motion is noise. Unset {MODEL_ENV} to use the "
+              "demo model, or set it to a converted IRG-MotionLLM folder (docs/model-setup.md).")
 
     bpy.ops.wm.read_factory_settings(use_empty=True)
     irg_blender_addon.register()

@@ -69,7 +69,7 @@ def validate_python(python: str | os.PathLike | None) -> Path:
 def validate_model_dir(model_dir: str | os.PathLike | None) -> Path:
     """The model folder as a Path; BackendError naming the fix if it is not a complete model folder."""
     if not model_dir or not str(model_dir).strip():
-        raise BackendError(f"The model folder is not set: {FIX_MODEL}.")
+        raise BackendError(f"The model folder is not set and this installation has no demo model: {FIX_MODEL}.")
     path = Path(model_dir).expanduser()
     try:
         manifest.read_manifest(path)

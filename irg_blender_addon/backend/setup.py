@@ -29,11 +29,13 @@ from pathlib import Path
 
 from .process_job import JobError, LineParser, Plan, Step, StepResult, SubprocessJob
 
-__all__ = ["PipOutput", "BackendSetupJob", "venv_python", "TORCH_BUILDS", "DEFAULT_TORCH_VERSION", "BACKEND_MODULES"]
+__all__ = ["PipOutput", "BackendSetupJob", "venv_python", "bundled_wheel", "TORCH_BUILDS", "DEFAULT_TORCH_VERSION",
+           "BACKEND_MODULES", "BUNDLED_WHEELS"]
 
 TORCH_BUILDS = ("auto", "cpu", "cuda", "skip")
 DEFAULT_TORCH_VERSION = "2.13.0"
 BACKEND_MODULES = ("model_backend", "torch", "transformers")
+BUNDLED_WHEELS = "backend"  # the extension zip's folder that carries the backend wheel (`make extension`)
 CHECK_MARK = "IRG-CHECK "
 # Run by the environment's Python: import the modules, print their versions as one JSON line.
 CHECK_SCRIPT = """\
@@ -102,6 +104,12 @@ class PipOutput(LineParser):
 def venv_python(venv_dir: str | os.PathLike, windows: bool = os.name == "nt") -> Path:
     """The Python executable of a virtual environment (Scripts/python.exe on Windows)."""
     return Path(venv_dir) / ("Scripts/python.exe" if windows else "bin/python")
+
+
+def bundled_wheel(folder: str | os.PathLike, version: str) -> Path | None:
+    """The irg-motion wheel of `version` in `folder` (where the extension zip carries it), else None."""
+    found = sorted(Path(folder).glob(f"irg_motion-{version}-*.whl"))
+    return found[-1] if found else None
 
 
 def _site_packages(venv_dir: Path) -> list[Path]:

@@ -9,7 +9,7 @@ import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 
 from ..registration import register_classes, unregister_classes
-from ..settings import ADDON_ID, DEVICES, MODES, PRECISIONS, env_dir_text
+from ..settings import ADDON_ID, DEVICES, MODES, PRECISIONS, default_model_text, env_dir_text
 from .backend import draw_backend_status, draw_task
 
 TORCH_BUILDS = (("auto", "Auto", "The CUDA build when an NVIDIA GPU is found, else the CPU build"),
@@ -32,7 +32,7 @@ class IRG_AddonPreferences(bpy.types.AddonPreferences):
     model_dir: StringProperty(
         name="Model Folder", subtype="DIR_PATH",
         description="A folder made by `irg-motion convert` or Convert Model (holds manifest.json). "
-                    "Empty: $IRG_MODEL_DIR")
+                    "Empty: $IRG_MODEL_DIR, else the demo model that comes with the add-on")
     device: EnumProperty(name="Device", items=DEVICES, default="auto")
     precision: EnumProperty(name="Precision", items=PRECISIONS, default="auto")
     server_url: StringProperty(
@@ -47,7 +47,7 @@ class IRG_AddonPreferences(bpy.types.AddonPreferences):
         name="Backend Source",
         description="What Set Up Backend installs: the IRG Motion source folder (with pyproject.toml), a wheel "
                     "(.whl) or a pip requirement such as irg-motion==0.1.0. Empty: this add-on's own source "
-                    "folder when it has one, else the matching release")
+                    "folder when it has one, else the wheel inside the extension, else the matching release")
     torch_build: EnumProperty(name="Torch Build", items=TORCH_BUILDS, default="auto")
     torch_index_url: StringProperty(
         name="Torch Index URL",
@@ -120,6 +120,8 @@ def _draw_local(layout, p) -> None:
     row = layout.row(align=True)
     row.prop(p, "model_dir")
     row.operator("irg.convert_model", text="Convert Model...", icon="IMPORT")
+    if not p.model_dir.strip():
+        layout.label(text=default_model_text(), icon="INFO")
     row = layout.row()
     row.prop(p, "device")
     row.prop(p, "precision")

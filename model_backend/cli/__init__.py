@@ -14,7 +14,7 @@ import logging
 import sys
 
 from ..wire.manifest import ModelFolderError
-from .common import EXIT_INTERRUPTED, EXIT_USAGE, CliError
+from .common import EXIT_INTERRUPTED, EXIT_USAGE, CliError, fill_in_model
 from .parser import build_parser
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(stream=sys.stderr, level=logging.INFO if args.verbose else logging.WARNING,
                             format="%(levelname)s %(name)s: %(message)s")
     try:
+        fill_in_model(args)
         return args.run(args)
     except CliError as exc:
         print(f"irg-motion {args.command}: error: {exc}", file=sys.stderr)

@@ -5,7 +5,7 @@ import argparse
 import sys
 from typing import Any
 
-from .common import CliError, add_foot_lock, positive, subparser
+from .common import MODEL_HELP, CliError, add_foot_lock, positive, subparser
 from .files import (describe_motion, model_dir, motion_arrays, motion_file, output_path, read_tokens, write_motion_bvh,
                     write_npz, write_tokens)
 from .run import given_joints
@@ -56,7 +56,8 @@ def add_decode(subs: Any, p: dict[str, argparse.ArgumentParser]) -> None:
     """The `decode` command and its arguments."""
     v, model, motion, sampling = p["verbose"], p["model"], p["motion"], p["sampling"]
     sub = subparser(subs, "decode", "motion tokens to joints with the VQ-VAE; writes an .npz", [v], cmd_decode)
-    sub.add_argument("--model", required=True, metavar="DIR", help="model folder")
+    sub.add_argument("--model", metavar="DIR", help=MODEL_HELP)
+    sub.set_defaults(model_argument="model")
     sub.add_argument("--tokens", required=True, metavar="FILE_OR_LIST",
                      help="a .npy/.npz/.json/.txt file or a list such as '12,7,99'")
     sub.add_argument("--out", required=True, metavar="FILE.npz", help="output file")
@@ -66,7 +67,8 @@ def add_encode(subs: Any, p: dict[str, argparse.ArgumentParser]) -> None:
     """The `encode` command and its arguments."""
     v, model, motion, sampling = p["verbose"], p["model"], p["motion"], p["sampling"]
     sub = subparser(subs, "encode", "joint positions to motion tokens with the VQ-VAE", [v], cmd_encode)
-    sub.add_argument("--model", required=True, metavar="DIR", help="model folder")
+    sub.add_argument("--model", metavar="DIR", help=MODEL_HELP)
+    sub.set_defaults(model_argument="model")
     sub.add_argument("--joints", required=True, metavar="FILE.npy",
                      help="joint positions (frames, joints, 3) in metres (.npy, or an .npz with 'joints')")
     sub.add_argument("--fps", type=positive, default=None, help="frame rate of the joints (default: the model's, 20)")

@@ -7,11 +7,16 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..wire.manifest import DEMO_MODEL, MODEL_ENV, resolve_model_dir
+
 EXIT_NO_RESULT, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 DEVICE_HELP = "auto (CUDA when available, else CPU), cpu, cuda or cuda:N (default: auto)"
 
 PRECISIONS = ("auto", "nf4", "int8", "bf16", "fp32")
+
+MODEL_HELP = (f"model folder (docs/model-folder.md); default: ${MODEL_ENV}, else the demo model "
+              f"{'/'.join(DEMO_MODEL)}")
 
 
 class CliError(Exception):
@@ -60,6 +65,20 @@ def positive(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
     return value
 
+def fill_in_model(args: argparse.Namespace) -> None:
+    """Give a command that takes a model folder, and was given none, the default one (the commands
+    that take one name its argument in `model_argument`, the model parent's default)."""
+    name = getattr(args, "model_argument", None)
+    if name is None:
+        return
+    found = resolve_model_dir(getattr(args, name))
+    if found is None:
+        how = "give the folder as DIR" if name == "dir" else "give one with --model DIR"
+        raise CliError(f"no model folder: {how} or set {MODEL_ENV} (this installation has no demo model "
+                       f"in {'/'.join(DEMO_MODEL)})")
+    setattr(args, name, found)
+
+
 def subparser(subs: Any, name: str, help_text: str, parents: list[argparse.ArgumentParser],
                run: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
     parser = subs.add_parser(name, help=help_text, description=help_text, parents=parents,
@@ -71,7 +90,8 @@ def common_parents() -> dict[str, argparse.ArgumentParser]:
     verbose = argparse.ArgumentParser(add_help=False)
     verbose.add_argument("-v", "--verbose", action="store_true", help="log progress details to stderr")
     model = argparse.ArgumentParser(add_help=False)
-    model.add_argument("--model", required=True, metavar="DIR", help="model folder (docs/model-folder.md)")
+    model.add_argument("--model", metavar="DIR", help=MODEL_HELP)
+    model.set_defaults(model_argument="model")
     model.add_argument("--device", default="auto", metavar="D", help=DEVICE_HELP)
     model.add_argument("--precision", default="auto", choices=PRECISIONS,
                        help="weight precision (default: auto, chosen from the free memory)")

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..wire.manifest import ModelFolderError, llm_config_problem, read_manifest
-from .common import CliError, subparser
+from .common import MODEL_HELP, CliError, subparser
 
 STAGE_USE = {1: "single-task prompts", 2: "interleaved reasoning", 3: "interleaved reasoning, refines more"}
 
@@ -192,7 +192,8 @@ def add_inspect(subs: Any, p: dict[str, argparse.ArgumentParser]) -> None:
     """The `inspect` command and its arguments."""
     v, model, motion, sampling = p["verbose"], p["model"], p["motion"], p["sampling"]
     sub = subparser(subs, "inspect", "show what a model folder holds (fast, no torch)", [v], cmd_inspect)
-    sub.add_argument("dir", metavar="DIR", help="model folder")
+    sub.add_argument("dir", metavar="DIR", nargs="?", help=MODEL_HELP)
+    sub.set_defaults(model_argument="dir")
     sub.add_argument("--json", action="store_true", help="machine-readable output")
 
 

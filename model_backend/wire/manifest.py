@@ -20,6 +20,10 @@ from ..rig_math.skeleton import skeleton_for
 FORMAT = "irg-motion-model"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+MODEL_ENV = "IRG_MODEL_DIR"  # a model folder to use when none is given
+# The demo model the project ships, relative to the folder that holds model_backend (the
+# checkout, or the installed extension): the one place that names it.
+DEMO_MODEL = ("presets", "models", "irg-tiny")
 FIX_HINT = "run `irg-motion convert` (real checkpoints) or `irg-motion make-fixture` (test model) to write it again"
 
 REQUIRED_KEYS = ("format", "format_version", "name", "stage", "dataset", "feature_size",
@@ -218,6 +222,28 @@ def write_manifest(model_dir: str | Path, data: dict[str, Any]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return folder / MANIFEST_NAME
+
+
+def default_model_dir() -> Path:
+    """Where the demo model lives: presets/models/irg-tiny beside model_backend, in a checkout and
+    in the installed extension alike (a backend installed from its wheel has none there)."""
+    return Path(__file__).resolve().parents[2].joinpath(*DEMO_MODEL)
+
+
+def shipped_model() -> Path | None:
+    """The demo model's folder when it is there (it holds manifest.json), else None."""
+    folder = default_model_dir()
+    return folder if (folder / MANIFEST_NAME).is_file() else None
+
+
+def resolve_model_dir(given: str | os.PathLike | None) -> str | None:
+    """The model folder to use: the one given, else $IRG_MODEL_DIR, else the demo model; None when
+    there is none of these."""
+    for choice in (given, os.environ.get(MODEL_ENV)):
+        if choice and str(choice).strip():
+            return str(choice)
+    found = shipped_model()
+    return str(found) if found is not None else None
 
 
 def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:

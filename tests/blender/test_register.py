@@ -16,6 +16,7 @@ import pytest
 import irg_blender_addon
 from irg_blender_addon.ui import prefs
 from irg_blender_addon import settings
+from irg_blender_addon.core import manifest as model_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = ROOT / "blender_manifest.toml"
@@ -69,11 +70,19 @@ def test_tests_import_the_addon_as_a_top_level_package():
 
 
 def test_settings_precedence_keyword_over_prefs_over_environment(registered, monkeypatch, tmp_path):
+    demo = tmp_path / "demo-model"
+    demo.mkdir()
+    (demo / "manifest.json").write_text("{}")
+    monkeypatch.setattr(model_manifest, "default_model_dir", lambda: demo)
+    monkeypatch.delenv("IRG_MODEL_DIR", raising=False)
+    assert settings.get_settings().model_dir == str(demo)  # nothing set: the demo model
+    assert "the demo model that comes with the add-on" in settings.default_model_text()
     monkeypatch.setenv("IRG_BACKEND_PYTHON", "/env/python")
     monkeypatch.setenv("IRG_MODEL_DIR", "/env/model")
     s = settings.get_settings()  # add-on registered but not enabled: no preferences -> environment
     assert (s.backend_python, s.model_dir, s.mode, s.max_motion_tokens, s.seed) == \
         ("/env/python", "/env/model", "interleaved", 49, None)
+    assert settings.default_model_text() == "Empty: $IRG_MODEL_DIR (/env/model)"
     addons = bpy.context.preferences.addons
     entry = addons.new()
     entry.module = settings.ADDON_ID
@@ -157,6 +166,7 @@ def test_build_paths_are_the_folders_that_ship():
     assert all(p == "model_backend/__init__.py" or p.startswith(("model_backend/rig_math/", "model_backend/wire/"))
                for p in backend)
     assert "irg_blender_addon/backend/registry.py" in paths and "presets/rigs/mixamo.json" in paths
+    assert not any(p.startswith("presets/models/") for p in paths)  # weights: only in `make extension`'s zip
     assert all(p.startswith(("irg_blender_addon/", "model_backend/", "presets/")) or p == "__init__.py"
                for p in paths)
 

@@ -19,6 +19,7 @@ from irg_blender_addon.ui import thumbnails as thumbnails_ui
 from irg_blender_addon.ui import versions as versions_ui
 from irg_blender_addon import props
 from irg_blender_addon.rig import armature as rig
+from irg_blender_addon.core import manifest
 from irg_blender_addon.settings import ADDON_ID
 from ui_recorder import Recorder, check_calls, draw, fake_context
 
@@ -75,12 +76,18 @@ def hand_keyed_action(armature, name="hand_walk") -> bpy.types.Action:
     return action
 
 
-def test_no_armature_no_model(addon):
+def test_no_armature_no_model(addon, monkeypatch, tmp_path):
+    monkeypatch.setattr(manifest, "default_model_dir", lambda: tmp_path / "no-demo-model")
     out = all_panels(fake_context())
     main = out["IRG_PT_generate"].text()
     assert "irg.generate" in out["IRG_PT_generate"].operators()
     assert "a default rig will be created" in main
-    assert "Backend Python and Model Folder" in main  # what to set, and where
+    assert "Set Backend Python and Model Folder in" in main  # what to set, and where
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "manifest.json").write_text("{}")
+    monkeypatch.setattr(manifest, "default_model_dir", lambda: tmp_path / "demo")
+    main = all_panels(fake_context())["IRG_PT_generate"].text()  # the demo model is there: only the backend
+    assert "Set Backend Python in" in main and "Model Folder" not in main
     assert "preferences.addon_show" in out["IRG_PT_generate"].operators()
     assert out["IRG_PT_generate"].__dict__.get("module") == ADDON_ID  # opens this add-on's preferences
     assert "No armature selected." in out["IRG_PT_versions"].text()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from irg_blender_addon.backend.setup import BackendSetupJob, PipOutput, venv_python
+from irg_blender_addon.backend.setup import BackendSetupJob, PipOutput, bundled_wheel, venv_python
 from irg_blender_addon.backend.process_job import StepResult
 from job_runs import pump_to_end, run_job
 
@@ -292,6 +292,15 @@ def test_pip_output_moves_at_phase_changes_and_shows_downloads():
 def test_venv_python_on_each_platform(tmp_path):
     assert venv_python(tmp_path, windows=False) == tmp_path / "bin" / "python"
     assert venv_python(tmp_path, windows=True) == tmp_path / "Scripts" / "python.exe"
+
+
+def test_the_bundled_wheel_is_the_one_of_the_add_ons_version(tmp_path):
+    assert bundled_wheel(tmp_path / "absent", "0.1.0") is None
+    for name in ("irg_motion-0.1.0-py3-none-any.whl", "irg_motion-0.2.0-py3-none-any.whl",
+                 "other-0.1.0-py3-none-any.whl"):
+        (tmp_path / name).write_bytes(b"")
+    assert bundled_wheel(tmp_path, "0.1.0") == tmp_path / "irg_motion-0.1.0-py3-none-any.whl"
+    assert bundled_wheel(tmp_path, "0.3.0") is None  # another version's wheel is never installed
 
 
 def _report(**fields) -> StepResult:
