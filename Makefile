@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: all envs test demo fixture demo-model bench clean distclean
+.PHONY: all envs test test-install demo extension fixture demo-model bench clean distclean
 
 all: envs
 
@@ -55,13 +55,9 @@ test: envs
 	$(VENV_BPY45)/bin/python -m pytest $(PYTEST_FLAGS) tests/blender tests/e2e
 
 # The real pipeline, headless: Blender (bpy 5.0) + the backend subprocess.
-# Uses IRG_MODEL_DIR when set, else a tiny untrained fixture model built once.
+# The model: IRG_MODEL_DIR when set, else the demo model shipped in presets/models/ (tools/demo.py).
 demo: envs
-	@if [ -n "$$IRG_MODEL_DIR" ]; then model="$$IRG_MODEL_DIR"; else \
-	  model="$(FIXTURE_DIR)"; \
-	  test -f "$$model/manifest.json" || $(VENV_BACKEND)/bin/python -m model_backend make-fixture "$$model" --seed 0; \
-	fi; \
-	$(VENV_BPY50)/bin/python tools/demo.py --prompt "$(PROMPT)" --model "$$model" \
+	$(VENV_BPY50)/bin/python tools/demo.py --prompt "$(PROMPT)" \
 	  --backend-python "$(CURDIR)/$(VENV_BACKEND)/bin/python" --out out/demo.blend
 
 # The demo model (presets/models/irg-tiny) rebuilt from the public Bandai Namco Research Motion
@@ -76,6 +72,17 @@ demo-model: $(VENV_BACKEND)/.ok
 	  "github.com/BandaiNamcoResearchInc/Bandai-Namco-Research-Motiondataset> [SEED=0]"; exit 2; }
 	$(VENV_BACKEND)/bin/python -m model_backend.train all "$(DATA)" --work "$(DEMO_WORK)" \
 	  --out "$(DEMO_OUT)" --seed $(SEED)
+
+# The extension zip an animator installs (out/extension/irg_motion-<version>.zip): the add-on, the
+# backend as a wheel for "Set Up Backend", and the demo model; packed by Blender's own tool.
+extension: $(VENV_BPY50)/.ok
+	$(VENV_BPY50)/bin/python tools/build_extension.py --out out/extension
+
+# Before a release: Set Up Backend from the zip into an environment that shares nothing, torch and
+# every dependency from the package index (a few minutes; `make test` runs a faster variant).
+test-install: $(VENV_BPY50)/.ok
+	IRG_TEST_FRESH_INSTALL=1 $(VENV_BPY50)/bin/python -m pytest $(PYTEST_FLAGS) -rs -s \
+	  tests/e2e/test_extension_zip.py -k fresh
 
 fixture: $(VENV_BACKEND)/.ok
 	$(VENV_BACKEND)/bin/python -m model_backend make-fixture $(FIXTURE_DIR) --seed 0

@@ -5,7 +5,8 @@ listed folder), so the list is derived here from the packaging rule:
 
 - the root `__init__.py` (the extension package) and everything under `irg_blender_addon/`;
 - from `model_backend/`, only its `__init__.py` and the numpy-only `rig_math/` and `wire/`;
-- every file under `presets/`.
+- every file under `presets/` except the model weights under `presets/models/`: `make extension`
+  (tools/build_extension.py) adds the demo model, and the backend wheel, to the zip it builds.
 
     python tools/build_paths.py            # print the list
     python tools/build_paths.py --check    # exit 1 when the manifest's list differs
@@ -21,6 +22,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = ROOT / "blender_manifest.toml"
 SHIPPED_BACKEND = ("rig_math", "wire")
+sys.path.insert(0, str(ROOT))
+from model_backend.wire.manifest import DEMO_MODEL  # noqa: E402
+
+MODELS = "/".join(DEMO_MODEL[:-1])  # presets/models
 
 
 def _files(folder: Path, pattern: str = "*") -> list[str]:
@@ -29,10 +34,11 @@ def _files(folder: Path, pattern: str = "*") -> list[str]:
 
 
 def shipped_paths() -> list[str]:
-    """Every file the extension zip holds (the manifest is added by Blender), in manifest order."""
+    """Every file the source manifest lists (the manifest is added by Blender), in manifest order."""
     backend = ROOT / "model_backend"
+    presets = [p for p in _files(ROOT / "presets") if not p.startswith(MODELS + "/")]
     return ["__init__.py", *_files(ROOT / "irg_blender_addon", "*.py"), "model_backend/__init__.py",
-            *(p for sub in SHIPPED_BACKEND for p in _files(backend / sub, "*.py")), *_files(ROOT / "presets")]
+            *(p for sub in SHIPPED_BACKEND for p in _files(backend / sub, "*.py")), *presets]
 
 
 def manifest_text(paths: list[str], text: str) -> str:
