@@ -106,11 +106,21 @@ class IRG_OT_pack_thumbnails(bpy.types.Operator):
 CLASSES = (IRG_PT_version_thumbnail, IRG_OT_compare_version, IRG_OT_rebuild_thumbnails, IRG_OT_pack_thumbnails)
 
 
+@bpy.app.handlers.persistent
+def _before_load(_dummy=None) -> None:
+    """Another file opens: the strips still waiting belong to the old one."""
+    thumbnails.queue.cancel()
+
+
 def register() -> None:
     register_classes(CLASSES)
+    if _before_load not in bpy.app.handlers.load_pre:
+        bpy.app.handlers.load_pre.append(_before_load)
 
 
 def unregister() -> None:
+    if _before_load in bpy.app.handlers.load_pre:
+        bpy.app.handlers.load_pre.remove(_before_load)
     thumbnails.queue.cancel()
     thumbnails.release_previews()
     unregister_classes(CLASSES)

@@ -16,6 +16,7 @@ from irg_blender_addon import api
 from irg_blender_addon.anim import actions, compat
 from irg_blender_addon.core import protocol, skeleton
 from irg_blender_addon.jobs import base as jobs
+from irg_blender_addon.jobs import thumbnails
 from irg_blender_addon.rig import armature as rig
 from irg_blender_addon.rig import sampling
 
@@ -75,9 +76,12 @@ def test_extend_a_version_continues_it_seamlessly(scene, backend_python, fixture
     print(f"\nseam on the keyed animation (cm/frame at 24 fps): p95 {figures['seam_p95'] * 100:.2f}, "
           f"max {figures['seam_max'] * 100:.2f}; the motion's own p95 {figures['motion_p95'] * 100:.2f}")
     assert figures["seam_p95"] <= figures["motion_p95"]
-    # greedy extension is deterministic
-    again = api.extend(source, "then he sits down", seconds=3, **fast)
+    # greedy extension is deterministic; with thumbnails on (the default) the new version waits for its strip
+    assert new.name not in thumbnails.queue.pending                  # thumbnails=False: none asked for
+    again = api.extend(source, "then he sits down", seconds=3, **dict(fast, thumbnails=True))
     assert actions.version_info(again[0])["tokens"] == info["tokens"]
+    assert again[0].name in thumbnails.queue.pending
+    thumbnails.queue.cancel()
 
 
 def test_extend_hand_keyed_animation_and_refusals(scene, backend_python, fixture_model, counts):
