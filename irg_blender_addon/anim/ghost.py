@@ -40,6 +40,18 @@ def _link_like(copy: bpy.types.Object, original: bpy.types.Object) -> None:
         collection.objects.link(copy)
 
 
+def _retarget_constraints(ghost: bpy.types.Object, armature: bpy.types.Object) -> None:
+    """Bone constraints that read the armature itself (Rigify's DEF bones follow its controls)
+    read the ghost instead, or the ghost would follow the original's pose."""
+    for bone in ghost.pose.bones:
+        for constraint in bone.constraints:
+            if getattr(constraint, "target", None) == armature:
+                constraint.target = ghost
+            for target in getattr(constraint, "targets", ()):  # Armature constraints
+                if target.target == armature:
+                    target.target = ghost
+
+
 def show(armature: bpy.types.Object, version: bpy.types.Action, offset: float = DEFAULT_OFFSET) -> bpy.types.Object:
     """Show `version` on a ghost of `armature`, `offset` metres along its X axis (an old ghost is replaced).
 
@@ -58,6 +70,7 @@ def show(armature: bpy.types.Object, version: bpy.types.Action, offset: float = 
     ghost.matrix_world = armature.matrix_world.copy()
     ghost.location = ghost.location + shift
     ghost.show_in_front = True
+    _retarget_constraints(ghost, armature)
     _link_like(ghost, armature)
     for mesh in _bound_meshes(armature):
         copy = mesh.copy()

@@ -30,8 +30,11 @@ def test_compare_shows_a_ghost_and_leaves_nothing_behind(default_rig, clip_blend
         return ({k: len(getattr(bpy.data, k)) for k in ("objects", "actions", "armatures", "meshes")}, drivers,
                 [o.name for o in bpy.data.objects])
 
+    copy = default_rig.pose.bones["head"].constraints.new("COPY_ROTATION")  # a constraint reading the rig itself
+    copy.target, copy.subtarget = default_rig, "neck"
     before = state()
     shown = ghost.toggle(default_rig, walk)
+    assert shown.pose.bones["head"].constraints[0].target == shown   # the ghost follows its own pose
     assert shown.animation_data.action == walk and default_rig.animation_data.action == back
     assert len(ghost.ghosts(default_rig)) == 2                # the armature and its mesh
     bpy.context.scene.frame_set(60)
