@@ -290,16 +290,15 @@ def write_version(armature: bpy.types.Object, joints_blender, *, fps: float = 20
 
 
 def keys_digest(action: bpy.types.Action) -> str:
-    """A fingerprint of every key of the Action (F-Curve paths, key positions and handles): it
-    changes when the animator edits, adds or deletes keys."""
+    """A fingerprint of every key of the Action (F-Curve paths, key frames and values): it changes
+    when the animator moves, adds or deletes keys."""
     digest = hashlib.sha1()
     for fcurve in sorted(compat.action_fcurves(action), key=lambda f: (f.data_path, f.array_index)):
         points = fcurve.keyframe_points
+        values = np.empty(2 * len(points), dtype=np.float32)
+        points.foreach_get("co", values)
         digest.update(f"{fcurve.data_path}[{fcurve.array_index}]:{len(points)};".encode())
-        for attr in ("co", "handle_left", "handle_right"):
-            values = np.empty(2 * len(points), dtype=np.float32)
-            points.foreach_get(attr, values)
-            digest.update(values.tobytes())
+        digest.update(values.tobytes())
     return digest.hexdigest()
 
 

@@ -99,7 +99,7 @@ def _set_properties(armature, properties: Mapping[str, Mapping[str, float]]) -> 
             if pose_bone is None or key not in pose_bone:
                 continue
             curve = curves.get(f'pose.bones["{bone}"]["{key}"]')
-            if curve is not None and not curve.mute:
+            if curve is not None and not curve.mute and any(k.co[1] != value for k in curve.keyframe_points):
                 curve.mute = True
                 muted.append(curve)
             if pose_bone[key] != value:
@@ -122,13 +122,15 @@ def read_follow(armature, names: Sequence[str], properties: Mapping[str, Mapping
     locks = np.empty(3 * len(bones), dtype=bool)
     pose.bones.foreach_get("lock_rotation", locks)
     hinge, locked = ~inherit[order], locks.reshape(-1, 3).all(axis=1)[order]
-    constrained = [i for i, n in enumerate(names) if pose.bones[n].constraints]
+    index = {n: i for i, n in enumerate(names)}
+    constrained = [index[b.name] for b in pose.bones if b.constraints]
     if not constrained:
         return Follow(hinge, ((),) * len(names), np.zeros(len(names), dtype=bool), locked)
     before, muted = _set_properties(armature, properties or {})
     try:
-        evaluated = armature.evaluated_get(bpy.context.evaluated_depsgraph_get())  # evaluates what changed
-        index = {n: i for i, n in enumerate(names)}
+        # Blender writes the drivers' results back to the original constraints when it evaluates the
+        # scene; only switches set here need an evaluation (a big rig's costs tens of milliseconds).
+        evaluated = armature.evaluated_get(bpy.context.evaluated_depsgraph_get()) if before or muted else armature
         links: list[tuple[Link, ...]] = [()] * len(names)
         driven = np.zeros(len(names), dtype=bool)
         for i in constrained:

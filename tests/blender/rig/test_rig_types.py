@@ -70,6 +70,10 @@ def judge(obj, chains, clips, **options) -> dict[str, dict[str, tuple[float, flo
         actions.write_version(obj, joints, fps=fps, prompt=f"clip {name}", **options)
         errors, _ = RB.limb_errors(obj, chains, joints, range(1, len(joints) + 1, STEP))
         out[name] = errors
+    worst = {limb: (max(e[limb][0] for e in out.values()), max(e[limb][1] for e in out.values()))
+             for limb in next(iter(out.values()))}
+    print(f"\n{obj.name} ({retarget.bone_map(obj).preset}), worst over {len(out)} clips, mean / max deg: "
+          + ", ".join(f"{limb} {m:.2g} / {x:.2g}" for limb, (m, x) in worst.items()))
     return out
 
 
@@ -106,7 +110,6 @@ def test_generated_rigify_rig(fresh_scene, rigify_blend, source_clips):
         for side in "LR":
             fc = curves[f'pose.bones["{limb}.{side}"]["IK_FK"]']
             assert [tuple(k.co) for k in fc.keyframe_points] == [(action.frame_start, 1.0), (action.frame_end, 1.0)]
-    print("\nRigify FK, per clip {limb: (mean, max) deg}:", results)
 
 
 def test_rigify_switch_to_ik_and_back_shows_the_fk_pose(fresh_scene, rigify_blend, source_clips):
