@@ -203,6 +203,7 @@ def test_fbx_round_trip_rigs(fresh_scene, tmp_path, source_clips, preset_id, opt
 # ---------------------------------------------------------------- rig settings
 
 def test_euler_rotation_modes_are_kept_and_keyed_in_their_order(default_rig, source_clips):
+    default_rig.name = "EulerModes"
     modes = RB.set_euler_modes(default_rig)
     clips = {k: source_clips[k] for k in ("012314", "mixamo_rig_30fps") if k in source_clips}
     assert_follows(judge(default_rig, RB.deform_chains({j: j for j in rig.JOINT_NAMES}), clips))
@@ -214,6 +215,7 @@ def test_euler_rotation_modes_are_kept_and_keyed_in_their_order(default_rig, sou
 
 
 def test_inherit_rotation_off(default_rig, source_clips):
+    default_rig.name = "InheritRotationOff"
     hinged = ("spine2", "neck", "left_elbow", "right_knee", "left_foot")
     RB.set_hinges(default_rig, hinged)
     assert_follows(judge(default_rig, RB.deform_chains({j: j for j in rig.JOINT_NAMES}),
@@ -222,6 +224,7 @@ def test_inherit_rotation_off(default_rig, source_clips):
 
 
 def test_constrained_rig_keys_the_bones_the_constraints_read(default_rig, source_clips):
+    default_rig.name = "Constrained"
     joints = ("spine3", "left_shoulder", "left_elbow", "right_hip", "right_knee", "neck")
     controls = RB.add_control_bones(default_rig, joints)
     assert_follows(judge(default_rig, RB.deform_chains({j: j for j in rig.JOINT_NAMES}),
@@ -232,6 +235,7 @@ def test_constrained_rig_keys_the_bones_the_constraints_read(default_rig, source
 
 
 def test_turned_and_scaled_object(default_rig, source_clips):
+    default_rig.name = "TurnedScaled"
     default_rig.rotation_euler = (0.0, 0.0, np.radians(90.0))  # the rig faces +X
     default_rig.scale = (1.7, 1.7, 1.7)
     default_rig.location = (3.0, -2.0, 0.5)
