@@ -252,6 +252,7 @@ def write_version(armature: bpy.types.Object, joints_blender, *, fps: float = 20
     previous = anim.action if anim is not None else None
     modes = {b.name: b.rotation_mode for b in armature.pose.bones}
     frame_end, had_id = scene.frame_end, armature.get(RIG_ID) is not None
+    switched: dict[str, dict] = {}
     action = compat.new_action(name)
     try:
         key_channels(action, armature, channels, interpolation)
@@ -274,6 +275,7 @@ def write_version(armature: bpy.types.Object, joints_blender, *, fps: float = 20
         if contacts is not None:
             action[CONTACTS_KEY] = np.asarray(contacts, dtype=np.float64).ravel().tolist()
         compat.assign_action(armature, action)
+        switched = _set_properties(armature, channels.properties)  # as the keys say (no evaluation needed)
         if scene.frame_end < end:
             scene.frame_end = math.ceil(end)
     except BaseException:
@@ -282,11 +284,24 @@ def write_version(armature: bpy.types.Object, joints_blender, *, fps: float = 20
             compat.assign_action(armature, previous)
         for bone, mode in modes.items():
             armature.pose.bones[bone].rotation_mode = mode
+        _set_properties(armature, switched)
         scene.frame_end = frame_end
         if not had_id and RIG_ID in armature:
             del armature[RIG_ID]
         raise
     return action
+
+
+def _set_properties(armature: bpy.types.Object, properties) -> dict[str, dict]:
+    """Set pose bones' custom properties ({bone: {property: value}}) keeping their types; the
+    previous values, in the same form."""
+    before: dict[str, dict] = {}
+    for bone, values in properties.items():
+        pose_bone = armature.pose.bones[bone]
+        for key, value in values.items():
+            before.setdefault(bone, {})[key] = pose_bone[key]
+            pose_bone[key] = type(pose_bone[key])(value)
+    return before
 
 
 def keys_digest(action: bpy.types.Action) -> str:
