@@ -92,6 +92,17 @@ def ensure_fcurves(action: bpy.types.Action, obj: bpy.types.Object,
     return curves
 
 
+def find_fcurve(action: bpy.types.Action, data_path: str, index: int = 0) -> bpy.types.FCurve | None:
+    """The Action's F-Curve for (data_path, index) in any channelbag, or None."""
+    for layer in action.layers:
+        for strip in layer.strips:
+            for bag in getattr(strip, "channelbags", ()):
+                found = bag.fcurves.find(data_path, index=index)
+                if found is not None:
+                    return found
+    return None
+
+
 def action_fcurves(action: bpy.types.Action) -> list[bpy.types.FCurve]:
     """Every F-Curve of the action, over all layers, strips and channelbags."""
     curves = []

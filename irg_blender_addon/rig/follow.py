@@ -91,14 +91,14 @@ def _set_properties(armature, properties: Mapping[str, Mapping[str, float]]) -> 
     from ..anim import compat
 
     anim = armature.animation_data
-    curves = {fc.data_path: fc for fc in compat.action_fcurves(anim.action)} if anim and anim.action else {}
+    action = anim.action if anim is not None else None
     before, muted = {}, []
     for bone, values in properties.items():
         pose_bone = armature.pose.bones.get(bone)
         for key, value in values.items():
             if pose_bone is None or key not in pose_bone:
                 continue
-            curve = curves.get(f'pose.bones["{bone}"]["{key}"]')
+            curve = compat.find_fcurve(action, f'pose.bones["{bone}"]["{key}"]') if action else None
             if curve is not None and not curve.mute and any(k.co[1] != value for k in curve.keyframe_points):
                 curve.mute = True
                 muted.append(curve)
