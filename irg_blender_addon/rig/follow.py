@@ -171,7 +171,9 @@ class Evaluator:
     def __init__(self, parents: np.ndarray, rest: np.ndarray, follow: Follow, known: Mapping[int, np.ndarray],
                  count: int) -> None:
         self.parents, self.rest, self.follow = parents, rest, follow
+        self.given = dict(known)  # as given (known grows with every bone worked out)
         self.known = dict(known)
+        self.joints: dict[int, np.ndarray] = {}  # the caller's solved rotations by joint (retarget.py)
         self.eye = np.broadcast_to(np.eye(3), (count, 3, 3))
 
     def base(self, bone: int) -> np.ndarray:

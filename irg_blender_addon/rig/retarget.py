@@ -664,7 +664,6 @@ def _solve(plan: Plan, joints: np.ndarray, fronts: np.ndarray, root_yaw: np.ndar
         known[plan.root_bone] = _yaw(root_yaw)
     ev = follow.Evaluator(r.parents, r.rest, r.follow, known, len(joints))
     ev.joints = joint_world  # the joints' bones as solved (a control rig's may not show them: IK)
-    ev.given = known
     return ev
 
 
@@ -698,7 +697,7 @@ def local_rotations(plan: Plan, world: np.ndarray) -> np.ndarray:
 
 def _joint_turn(plan: Plan, ev: follow.Evaluator, joint: int) -> np.ndarray:
     """W of a mapped joint's bone: as solved when it has data, else as the rig makes it."""
-    found = getattr(ev, "joints", {}).get(joint)
+    found = ev.joints.get(joint)
     return found if found is not None else ev.world(int(plan.joint_bone[joint]))
 
 
@@ -746,7 +745,7 @@ def _ik_legs(plan: Plan, ev: follow.Evaluator, joints: np.ndarray, anchors: Mapp
                                                           pinned[:, toe] - pinned[:, leg]))
             known[c] = swing @ known[c]
     turned = follow.Evaluator(r.parents, r.rest, r.follow, known, len(joints))
-    turned.joints, turned.given = ev.joints, known
+    turned.joints = ev.joints
     heads = {}
     for ankle, foot in plan.pins:
         heads[foot] = pinned[:, ankle] + turned.world(foot) @ (r.heads[foot] - plan.rest_joints[ankle])
