@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: all envs test test-install demo extension fixture demo-model bench clean distclean
+.PHONY: all envs test test-install fuzz demo extension fixture demo-model bench clean distclean
 
 all: envs
 
@@ -53,6 +53,11 @@ test: envs
 	$(VENV_BACKEND)/bin/python -m pytest $(PYTEST_FLAGS) tests/unit
 	$(VENV_BPY50)/bin/python -m pytest $(PYTEST_FLAGS) tests/blender tests/e2e
 	$(VENV_BPY45)/bin/python -m pytest $(PYTEST_FLAGS) tests/blender tests/e2e
+
+# The fuzz harness runs a fixed number of cases inside `make test` (tests/unit/fuzz, about a
+# minute); this runs many more (tests/fuzz_profiles.py: IRG_FUZZ=long), printing peak memory.
+fuzz: $(VENV_BACKEND)/.ok
+	IRG_FUZZ=long $(VENV_BACKEND)/bin/python -m pytest $(PYTEST_FLAGS) -s tests/unit/fuzz
 
 # The real pipeline, headless: Blender (bpy 5.0) + the backend subprocess.
 # The model: IRG_MODEL_DIR when set, else the demo model shipped in presets/models/ (tools/demo.py).

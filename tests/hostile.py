@@ -1,8 +1,8 @@
-"""Hostile-input helpers shared by the hardening tests and the fuzz harness: the real stdio
-backend (`python -m model_backend serve --stdio`) under an address-space limit, raw lines in,
-events out, its peak memory, and the health check every case ends with (a `ping` answered
-and a normal direct generation served). Imported as `hostile` (tests/conftest.py puts this
-folder on sys.path)."""
+"""The real stdio backend (`python -m model_backend serve --stdio`) as a subprocess for the
+tests: raw lines in, events out, optionally under an address-space limit, its peak memory,
+and the health check every hostile case ends with (a `ping` answered and a normal direct
+generation served). Used by the server tests, the hardening tests and the fuzz harness.
+Imported as `hostile` (tests/conftest.py puts this folder on sys.path)."""
 from __future__ import annotations
 
 import json
@@ -32,25 +32,36 @@ def limit_memory(limit: int) -> Callable[[], None]:
 
 
 class StdioServer:
-    """`python -m model_backend serve --stdio --model DIR --device cpu` with a reader thread.
+    """`python -m model_backend serve --stdio --model DIR ARGS...` with a reader thread.
 
     Lines go in raw (bytes, so broken UTF-8 and surrogate escapes reach the server as sent);
     events come out parsed, and any stdout line that is not one JSON object is recorded.
+    `prelude`: Python run in the server process before the entry point. `wait_ready`: read
+    the `ready` handshake (into `ready`) before returning.
     """
 
-    def __init__(self, python: Path, model_dir: Path, memory_limit: int = MEMORY_LIMIT):
-        self.proc = subprocess.Popen(
-            [str(python), "-m", "model_backend", "serve", "--stdio", "--model", str(model_dir), "--device", "cpu"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=backend_env(), cwd=ROOT,
-            preexec_fn=limit_memory(memory_limit))
+    def __init__(self, python: Path, model_dir: Path, *args: str, memory_limit: int | None = MEMORY_LIMIT,
+                 prelude: str | None = None, wait_ready: bool = True):
+        cli = ["serve", "--stdio", "--model", str(model_dir), *(args or ("--device", "cpu"))]
+        if prelude is None:
+            cmd = [str(python), "-m", "model_backend", *cli]
+        else:  # run some code in the server process first, then the same entry point
+            cmd = [str(python), "-c", prelude + "\nimport runpy, sys\nsys.argv = ['model_backend'] + "
+                   + repr(cli) + "\nrunpy.run_module('model_backend', run_name='__main__')"]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     env=backend_env(), cwd=ROOT,
+                                     preexec_fn=limit_memory(memory_limit) if memory_limit else None)
         self.events: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self.bad_lines: list[bytes] = []
-        self.stderr: list[bytes] = []
+        self._stderr: list[bytes] = []
         self.peak_kb = 0
+        self.ready: dict[str, Any] | None = None
         threading.Thread(target=self._read, daemon=True).start()
-        threading.Thread(target=self._drain, daemon=True).start()
-        self.ready = self.next(STARTUP_S)
-        assert self.ready is not None and self.ready["event"] == "ready", self.ready
+        self._drainer = threading.Thread(target=self._drain, daemon=True)
+        self._drainer.start()
+        if wait_ready:
+            self.ready = self.next(STARTUP_S)
+            assert self.ready is not None and self.ready["event"] == "ready", self.ready
 
     def _read(self) -> None:
         for raw in self.proc.stdout:
@@ -65,11 +76,18 @@ class StdioServer:
 
     def _drain(self) -> None:
         for line in self.proc.stderr:
-            self.stderr.append(line)
-            del self.stderr[:-200]
+            self._stderr.append(line)
+            del self._stderr[:-2000]
+
+    @property
+    def stderr(self) -> bytes:
+        """Its stderr (the last 2000 lines); complete once the process has ended."""
+        if self.proc.poll() is not None:
+            self._drainer.join(STEP_S)
+        return b"".join(self._stderr)
 
     def log(self) -> str:
-        return b"".join(self.stderr[-40:]).decode("utf-8", "replace")
+        return b"".join(self._stderr[-40:]).decode("utf-8", "replace")
 
     def send_line(self, line: bytes | str) -> None:
         """One raw line (a newline is added)."""
@@ -77,8 +95,9 @@ class StdioServer:
         self.proc.stdin.write(data + b"\n")
         self.proc.stdin.flush()
 
-    def send(self, request: dict[str, Any]) -> None:
-        self.send_line(json.dumps(request))
+    def send(self, request: dict[str, Any] | str) -> None:
+        """One request (a dict, sent as JSON) or one line of text as it is."""
+        self.send_line(request if isinstance(request, str) else json.dumps(request))
 
     def next(self, timeout: float = STEP_S) -> dict[str, Any] | None:
         try:

@@ -7,11 +7,6 @@ cancel and ping tests.
 """
 from __future__ import annotations
 
-import json
-import os
-import queue
-import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +16,7 @@ import pytest
 
 from model_backend.wire.protocol import PROTOCOL_VERSION, ProtocolError, decode_array, encode_array
 from model_backend.serve.server import validate_request
-from serve_process import stop_process
+from hostile import StdioServer
 
 STARTUP_S = 120.0  # importing torch + loading, on a busy 2-core machine
 STEP_S = 30.0
@@ -72,76 +67,9 @@ def test_arrays_arrive_as_numpy_and_motion_defaults_to_the_model_fps():
 
 # ---------------------------------------------------------------- the real process
 
-class Backend:
-    """A `python -m model_backend serve --stdio` subprocess with a line reader thread."""
-
-    def __init__(self, python: Path, model_dir: Path, *args: str, prelude: str | None = None):
-        env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-        cli = ["serve", "--stdio", "--model", str(model_dir), *args]
-        if prelude is None:
-            cmd = [str(python), "-m", "model_backend", *cli]
-        else:  # run some code in the server process first, then the same entry point
-            cmd = [str(python), "-c", prelude + "\nimport runpy, sys\nsys.argv = ['model_backend'] + "
-                   + repr(cli) + "\nrunpy.run_module('model_backend', run_name='__main__')"]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     env=env)
-        self.lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        self.bad_lines: list[bytes] = []
-        self.stderr = b""
-        threading.Thread(target=self._read, daemon=True).start()
-        threading.Thread(target=self._drain_stderr, daemon=True).start()
-
-    def _read(self) -> None:
-        for raw in self.proc.stdout:
-            try:
-                event = json.loads(raw)
-                assert isinstance(event, dict) and raw.endswith(b"\n")
-            except (ValueError, AssertionError):
-                self.bad_lines.append(raw)
-                continue
-            self.lines.put(event)
-        self.lines.put(None)
-
-    def _drain_stderr(self) -> None:
-        self.stderr = self.proc.stderr.read()
-
-    def send(self, obj: dict[str, Any] | str) -> None:
-        line = obj if isinstance(obj, str) else json.dumps(obj)
-        self.proc.stdin.write(line.encode() + b"\n")
-        self.proc.stdin.flush()
-
-    def next(self, timeout: float = STEP_S) -> dict[str, Any] | None:
-        try:
-            event = self.lines.get(timeout=timeout)
-        except queue.Empty:
-            raise AssertionError(f"no event within {timeout} s; stderr so far: {self.stderr[-2000:]!r}") from None
-        assert not self.bad_lines, f"stdout carried non-JSON lines: {self.bad_lines[:3]}"
-        return event
-
-    def until(self, predicate, timeout: float = STEP_S) -> list[dict[str, Any]]:
-        """Events up to and including the first one matching `predicate`."""
-        seen, deadline = [], time.monotonic() + timeout
-        while True:
-            event = self.next(max(0.1, deadline - time.monotonic()))
-            assert event is not None, f"stdout closed before the expected event; got {seen[-3:]}"
-            seen.append(event)
-            if predicate(event):
-                return seen
-
-    def finished(self, rid: Any, timeout: float = STEP_S) -> list[dict[str, Any]]:
-        """All events of request `rid` (others are dropped) up to its done/error."""
-        events = self.until(lambda e: e.get("id") == rid and e["event"] in ("done", "error"), timeout)
-        return [e for e in events if e.get("id") == rid]
-
-    def close(self) -> int:
-        """Close its stdin (the server's clean end), else kill; the return code."""
-        return stop_process(self.proc, self._close_stdin, STEP_S)
-
-    def _close_stdin(self) -> None:
-        try:
-            self.proc.stdin.close()
-        except OSError:
-            pass
+def Backend(python: Path, model_dir: Path, *args: str, prelude: str | None = None) -> StdioServer:
+    """The server subprocess these tests drive; each test reads the handshake itself."""
+    return StdioServer(python, model_dir, *args, memory_limit=None, prelude=prelude, wait_ready=False)
 
 
 @pytest.fixture(scope="module")
@@ -154,8 +82,7 @@ def model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def backend(backend_python, model_dir):
     server = Backend(backend_python, model_dir, "--device", "cpu")
-    ready = server.next(STARTUP_S)
-    server.ready = ready
+    server.ready = server.next(STARTUP_S)
     yield server
     server.close()
 
