@@ -92,3 +92,38 @@ def test_the_same_seed_gives_the_same_weights(bvh_dir, vq_dir, tmp_path):
     b, _ = run_lm_stage(clips, vq_dir, tmp_path / "b", config, progress=False)
     assert (a / "llm" / "model.safetensors").read_bytes() == (b / "llm" / "model.safetensors").read_bytes()
     assert (a / "llm" / "tokenizer.json").read_bytes() == (b / "llm" / "tokenizer.json").read_bytes()
+
+
+def test_labels_file_selects_clips_and_a_label_without_clips_is_named(tmp_path):
+    from model_backend.train.lm_stage import read_labels, select_labels
+
+    (tmp_path / "labels.json").write_text(json.dumps({"labels": [{"label": "walk"}, {"label": "bow"}]}))
+    labels = read_labels(tmp_path / "labels.json")
+    clips = [T.Clip("a", (1, 2), "walk", "normal"), T.Clip("b", (3, 4), "run", "normal"),
+             T.Clip("c", (5, 6), "bow", "normal", "test")]
+    with pytest.raises(ValueError, match="no training clips of bow"):
+        select_labels(clips, labels)
+    assert [c.name for c in select_labels(clips, ["walk", "run"])] == ["a", "b"]
+
+
+def test_command_line_names_a_missing_input(tmp_path, capsys):
+    from model_backend.train.cli import main
+
+    code = main(["lm", "--tokens", str(tmp_path / "tokens.npz"), "--vq", str(tmp_path), "--out", str(tmp_path / "m")])
+    assert code == 2
+    assert "tokens.npz: no motion tokens; run the VQ-VAE stage first" in capsys.readouterr().err
+    np.savez(tmp_path / "tokens.npz", tokens=np.zeros(3, np.int16))
+    assert main(["lm", "--tokens", str(tmp_path / "tokens.npz"), "--vq", str(tmp_path), "--out", str(tmp_path / "m")]) == 2
+    assert "lacks offsets, names, contents, styles, heldout" in capsys.readouterr().err
+
+
+def test_an_existing_folder_that_is_not_a_demo_model_is_never_replaced(tmp_path):
+    from model_backend.train.folder import write_model_folder
+    from model_backend.wire.manifest import ModelFolderError
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(ModelFolderError, match="is not a demo model folder: refusing to overwrite"):
+        write_model_folder(tmp_path / "mine", llm=None, generation=None, tokenizer=None, vq_dir=tmp_path,
+                           contents=[], styles=[], heldout={}, training={}, seed=0)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
