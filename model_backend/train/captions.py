@@ -240,14 +240,39 @@ TRAIN_FRAMES: tuple[Frame, ...] = (_after, _before, _adjective, _progressive)
 HELD_OUT_FRAMES: tuple[Frame, ...] = (_seconds, _we_see, _decides)
 
 
-def caption(content: str, style_name: str, rng: random.Random, *, held_out: bool = False) -> str:
-    """One random caption (lower case, no full stop) of a clip's content and style."""
+NOISE = 0.3  # share of training captions with made-up words, so unknown words are read as noise
+
+
+def pseudo_word(rng: random.Random) -> str:
+    """A made-up lower-case word (3 to 8 letters): stands for any word the model never saw."""
+    return "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 8)))
+
+
+def _noisy(text: str, rng: random.Random) -> str:
+    """`text` with a made-up word for its subject's noun, or one or two made-up words around it."""
+    words = text.split()
+    nouns = [i for i, w in enumerate(words) if w in _NOUNS.values()]
+    if nouns and rng.random() < 0.5:
+        words[rng.choice(nouns)] = pseudo_word(rng)
+    else:
+        extra = [pseudo_word(rng) for _ in range(rng.randint(1, 2))]
+        words = extra + words if rng.random() < 0.5 else words + extra
+    return " ".join(words)
+
+
+def caption(content: str, style_name: str, rng: random.Random, *, held_out: bool = False,
+            noise: float = NOISE) -> str:
+    """One random caption (lower case, no full stop) of a clip's content and style.
+
+    Training captions (not held-out ones) carry made-up words a `noise` share of the time.
+    """
     frames, subjects = (HELD_OUT_FRAMES, HELD_OUT_SUBJECTS) if held_out else (TRAIN_FRAMES, TRAIN_SUBJECTS)
     entry, look = label(content), style(style_name)
     frame = rng.choice(frames)
     phrase = rng.choice(entry.phrases)
     manner = rng.choice(look.manners) if look.manners else ""
-    return " ".join(frame(rng.choice(subjects), phrase, manner, look.adjective).split())
+    text = " ".join(frame(rng.choice(subjects), phrase, manner, look.adjective).split())
+    return _noisy(text, rng) if not held_out and rng.random() < noise else text
 
 
 def all_captions(contents: Iterable[str], styles: Iterable[str], *, held_out: bool = False) -> list[str]:
@@ -286,7 +311,7 @@ def heldout_prompts(contents: Iterable[str], styles: Iterable[str], per_label: i
 
 def describe(content: str, style_name: str, rng: random.Random) -> str:
     """A caption as the model writes it for a motion (caption task): a sentence with a full stop."""
-    text = caption(content, style_name, rng)
+    text = caption(content, style_name, rng, noise=0.0)
     return text[0].upper() + text[1:] + "."
 
 

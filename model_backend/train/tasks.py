@@ -36,8 +36,8 @@ MAX_MOTION_TOKENS = 49   # 9.8 s at 20 fps, the longest motion the real model wa
 IGNORE = -100            # label of a prompt position: no loss there
 
 # How often each task is drawn; traces carry the most, they teach every part of the grammar.
-TASK_WEIGHTS = {"trace": 0.40, "direct": 0.25, "refine": 0.08, "caption": 0.08, "assess": 0.07,
-                "instruction": 0.07, "analyse": 0.05}
+TASK_WEIGHTS = {"trace": 0.36, "direct": 0.24, "analyse": 0.12, "refine": 0.07, "caption": 0.07, "assess": 0.07,
+                "instruction": 0.07}
 WRONG_FIRST = (0.6, 0.3, 0.1)   # chance of 0, 1, 2 wrong motions before the right one in a trace
 SAME_FAMILY = 0.8               # a wrong motion comes from a look-alike label this often
 
