@@ -66,3 +66,13 @@ def test_unknown_labels_name_the_known_ones():
         C.label("backflip")
     with pytest.raises(KeyError, match="known styles are normal"):
         C.style("sleepy")
+
+
+def test_some_training_captions_carry_made_up_words_but_descriptions_never_do():
+    rng = random.Random(0)
+    known = set(" ".join(C.all_captions(["run"], ["tired"])).split())
+    captions = [C.caption("run", "tired", rng) for _ in range(400)]
+    noisy = [c for c in captions if set(c.split()) - known]
+    assert 0.2 < len(noisy) / len(captions) < 0.4
+    assert all(any(k in c.split() for k in C.keywords("run")) for c in noisy)  # the action is always kept
+    assert all(set(C.describe("run", "tired", rng)[:-1].lower().split()) <= known for _ in range(100))
