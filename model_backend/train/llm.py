@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import random
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
@@ -113,11 +112,11 @@ def evaluate_loss(model: Any, examples: Sequence[T.Example], pad_id: int, config
     return {task: round(sum(v) / len(v), 4) for task, v in sorted(sums.items())}
 
 
-def train_llm(tokenizer: Any, clips: Sequence[T.Clip], config: LLMConfig, progress: bool = True) -> tuple[Any, Any, TrainResult]:
+def train_llm(tokenizer: Any, clips: Sequence[T.Clip], config: LLMConfig,
+              progress: bool = True) -> tuple[Any, Any, TrainResult]:
     """Build and train the LLM on examples from `clips`; return (model, generation config, result)."""
-    from tqdm import tqdm
-
     from ..convert.fixture import build_llm
+    from .progress import progress as bar
 
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -136,8 +135,7 @@ def train_llm(tokenizer: Any, clips: Sequence[T.Clip], config: LLMConfig, progre
     plan = [b for examples in epochs for b in batches(examples, config.batch_tokens, rng)]
     losses: list[float] = []
     tokens, started = 0, time.monotonic()
-    bar = tqdm(plan, desc="llm", unit="batch", disable=not progress, file=sys.stderr, dynamic_ncols=True)
-    for step, batch in enumerate(bar):
+    for step, batch in enumerate(bar(plan, len(plan), "llm", enabled=progress)):
         for group in optimizer.param_groups:
             group["lr"] = _lr(step, len(plan), config)
         inputs = _tensors(batch, pad_id)
@@ -149,9 +147,6 @@ def train_llm(tokenizer: Any, clips: Sequence[T.Clip], config: LLMConfig, progre
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
         tokens += int(inputs["attention_mask"].sum())
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
-    bar.close()
     model.eval()
     held_out = [c for c in clips if c.split != "train"]
     eval_examples = (T.sample_examples(tokenizer, [_as_train(c) for c in held_out], config.eval_examples,

@@ -34,6 +34,7 @@ __all__ = ["Clip", "Example", "TASK_WEIGHTS", "MAX_MOTION_TOKENS", "direct_examp
 
 MAX_MOTION_TOKENS = 49   # 9.8 s at 20 fps, the longest motion the real model was trained on
 IGNORE = -100            # label of a prompt position: no loss there
+MAX_HOLD = 3             # longest run of one repeated code kept in training motions (0.6 s)
 
 # How often each task is drawn; traces carry the most, they teach every part of the grammar.
 TASK_WEIGHTS = {"trace": 0.36, "direct": 0.24, "analyse": 0.12, "refine": 0.07, "caption": 0.07, "assess": 0.07,
@@ -70,13 +71,27 @@ class Example:
         return [IGNORE] * len(self.prompt) + list(self.response)
 
 
+def squeeze_holds(codes: Sequence[int], max_hold: int = MAX_HOLD) -> list[int]:
+    """`codes` with every run of one repeated code cut to `max_hold` tokens.
+
+    A third of the dataset's consecutive codes repeat (standing before and after the action,
+    holding a raised hand). Trained on that, greedy decoding falls into repeating one code
+    forever; with holds cut to 0.6 s it keeps moving.
+    """
+    out: list[int] = []
+    for k in codes:
+        if len(out) < max_hold or any(c != k for c in out[-max_hold:]):
+            out.append(int(k))
+    return out
+
+
 def crop(codes: Sequence[int], rng: random.Random, max_len: int = MAX_MOTION_TOKENS) -> list[int]:
-    """A clip's codes whole, or a random `max_len` window of a longer clip.
+    """A clip's codes (holds squeezed) whole, or a random `max_len` window of a longer clip.
 
     Whole clips, not shorter windows: a label shows over the whole clip (a turn reaches its
     angle, a wave its swings), and generated motions should too.
     """
-    codes = list(codes)
+    codes = squeeze_holds(codes)
     if len(codes) <= max_len:
         return codes
     start = rng.randint(0, len(codes) - max_len)

@@ -152,3 +152,10 @@ def test_held_out_clips_are_never_sampled(tokenizer):
     examples = T.sample_examples(tokenizer, data, 200, seed=0)
     secret = MotionVocab.from_tokenizer(tokenizer).id_of(511)
     assert not any(ids.count(secret) >= 8 for ids in (e.ids for e in examples))
+
+
+def test_holds_of_one_code_are_cut_to_three_tokens():
+    assert T.squeeze_holds([7, 7, 7, 7, 7, 2, 2, 3, 3, 3, 3, 7]) == [7, 7, 7, 2, 2, 3, 3, 3, 7]
+    window = T.crop([5] * 80 + list(range(60)), random.Random(0))  # 63 codes once squeezed: a 49-code window
+    full = [5] * 3 + list(range(60))
+    assert len(window) == T.MAX_MOTION_TOKENS and any(full[i:i + 49] == window for i in range(len(full) - 48))
