@@ -1,5 +1,5 @@
-"""The backend server as a subprocess for the tests: its environment, the TCP server
-(`python -m model_backend serve --listen 127.0.0.1:0`) and the port it printed, a token file,
+"""The backend server as a subprocess for the tests: its environment, the HTTP server
+(`python -m model_backend serve --http 127.0.0.1:0`) and the URL it printed, a token file,
 and stopping a process. Imported as `serve_process` (tests/conftest.py puts this folder on sys.path)."""
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -42,20 +43,20 @@ def write_token_file(folder: Path, text: str) -> Path:
     return path
 
 
-class TcpServer:
-    """`python -m model_backend serve --listen 127.0.0.1:0 --model DIR --device cpu ARGS...`
-    and the port it printed (`listening on 127.0.0.1:PORT`); its stderr is kept in `log`."""
+class HttpServer:
+    """`python -m model_backend serve --http 127.0.0.1:0 --model DIR --device cpu ARGS...` and the URL it
+    printed (`listening on http://127.0.0.1:PORT`); its stderr is kept in `log`."""
 
-    def __init__(self, python: Path, model_dir: Path, *args: str):
+    def __init__(self, python: Path, model_dir: Path, *args: str, env: dict[str, str] | None = None):
         self.proc = subprocess.Popen(
-            [str(python), "-m", "model_backend", "serve", "--listen", "127.0.0.1:0", "--model", str(model_dir),
+            [str(python), "-m", "model_backend", "serve", "--http", "127.0.0.1:0", "--model", str(model_dir),
              "--device", "cpu", *args], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, env=backend_env(), cwd=ROOT)
+            stderr=subprocess.PIPE, env=env or backend_env(), cwd=ROOT)
         self.log: list[str] = []
-        self.port: int | None = None
+        self.url: str | None = None
         self._listening = threading.Event()
         threading.Thread(target=self._read_stderr, daemon=True).start()
-        if not self._listening.wait(STARTUP_S) or self.port is None:
+        if not self._listening.wait(STARTUP_S) or self.url is None:
             self.proc.kill()
             raise AssertionError("the server did not print `listening on`:\n" + "".join(self.log[-30:]))
 
@@ -63,17 +64,27 @@ class TcpServer:
         for raw in self.proc.stderr:
             line = raw.decode("utf-8", "replace")
             self.log.append(line)
-            if line.startswith("listening on 127.0.0.1:"):
-                self.port = int(line.strip().rsplit(":", 1)[1])
+            if line.startswith("listening on "):
+                self.url = line.split()[-1]
                 self._listening.set()
         self._listening.set()
 
     @property
-    def url(self) -> str:
-        return f"tcp://127.0.0.1:{self.port}"
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
 
     def text(self) -> str:
         return "".join(self.log)
+
+    def wait_log(self, needle: str, timeout: float = STEP_S) -> str:
+        """The first log line holding `needle` (AssertionError when none comes within `timeout`)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.log):
+                if needle in line:
+                    return line
+            time.sleep(0.05)
+        raise AssertionError(f"no log line with {needle!r} within {timeout} s:\n" + "".join(self.log[-20:]))
 
     def end(self) -> int:
         """SIGTERM (a clean shutdown), else kill; the return code."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 
+from . import token_store
 from .base import Backend
 from .local import BackendClient, registry_key, validate_model_dir, validate_python
 from .remote import CONNECT_TIMEOUT_S, RemoteBackendClient
@@ -55,7 +56,8 @@ def client_for(settings) -> Backend:
     Validated (BackendError naming the fix) but not started or connected."""
     url = (getattr(settings, "server_url", "") or "").strip()
     if url:
-        client = get_remote_client(url, getattr(settings, "server_token", "") or None)
+        token = getattr(settings, "server_token", "") or token_store.load_token(url)
+        client = get_remote_client(url, token or None)
         _stop(_local)
         return client
     return get_client(settings.backend_python, settings.model_dir, settings.device, settings.precision)

@@ -1,48 +1,55 @@
-"""A backend on another machine: the same protocol as local.py, over TCP to `irg-motion serve --listen`.
+"""A backend on another machine: `irg-motion serve --http` spoken to over HTTP with `requests`.
 
-Plain Python (no bpy). `RemoteBackendClient` implements `base.Backend`, as
-`local.BackendClient` does (state, ready_info, start/ensure_started/send/poll/
-wait_ready/stop/log_tail/death_message/status_text), so a GenerateJob drives either one.
+Plain Python (no bpy; `requests` ships with Blender's Python). `RemoteBackendClient`
+implements `base.Backend`, so a job drives it exactly like the local process:
 
-The server URL is `tcp://HOST:PORT` (an IPv6 address in brackets: `tcp://[::1]:7700`).
-On start the client connects (bounded by `timeout`), always opens with
-`{"type": "auth", "token": ...}` (a server without a token skips it), then a
-reader thread parses the server's lines into a queue that `poll()` drains; the
-`ready` handshake must carry our protocol version. Differences from a local
-process: there is no pid and no log file (`log_tail` returns this client's own
-connection log), and `stop()` only disconnects (the server cancels this
-client's requests and keeps serving the others): it never sends `shutdown`,
-which a server started with `--allow-remote-shutdown` would obey.
+- `start()` reads `GET /v1/info` (bounded by the connect timeout) and queues its fields
+  as the `ready` handshake; a server of another protocol version is refused.
+- `send()` of a work request opens `POST /v1/{type}` in a thread and turns the NDJSON
+  stream into events for `poll()`; `cancel` becomes `DELETE /v1/requests/{id}`, `ping`
+  a `GET /v1/health` answered `pong`, `info` a `GET /v1/info`. Work requests go out at
+  once (the server queues and schedules them).
+- Hang watchdog: the server writes a keep-alive line after 10 s of silence, so a stream
+  that brings nothing for `read_timeout` (60 s) means a hung server or a dead network:
+  that request ends with one `error` (`server_hung`).
+- A lost server (refused, reset or cut mid-stream) ends each open request with one
+  `error` (`connection_lost`) naming the URL and the fix; the state becomes "dead" and
+  the next request connects afresh. Jobs write nothing on an error, so the scene is
+  left as the local backend would leave it.
+- The token goes only into the `Authorization` header: never into a log, a repr or a
+  status line (the registry keys clients by a fingerprint of it).
 """
 from __future__ import annotations
 
 import collections
 import hashlib
-import ipaddress
+import itertools
+import json
 import queue
-import socket
 import threading
 import time
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from ..core import protocol
 from .base import Backend, BackendError
 
-__all__ = ["RemoteBackendClient", "parse_url"]
+__all__ = ["RemoteBackendClient", "parse_url", "CONNECT_TIMEOUT_S", "READ_TIMEOUT_S"]
 
 CONNECT_TIMEOUT_S = 5.0
-MAX_LINE_BYTES = 256 << 20   # a server line longer than this is not our protocol
+READ_TIMEOUT_S = 60.0    # silence (no event, no keep-alive) this long means the server hangs
+CONTROL_TIMEOUT_S = 10.0  # info, health and cancel calls
 LOG_LINES = 200
+WORK_TYPES = ("generate", "critique", "refine", "caption", "encode", "decode")
 FIX_URL = "fix the Server URL in Preferences > Add-ons > IRG Motion"
-FIX_TOKEN = ("set Preferences > Add-ons > IRG Motion > Server Token to the content of the server's "
+FIX_TOKEN = ("set Preferences > Add-ons > IRG Motion > Server Token to a token from the server's "
              "--token-file (ask whoever runs the server)")
 
 
-def parse_url(url: str) -> tuple[str, int]:
-    """`tcp://HOST:PORT` -> (host, port); BackendError naming the expected form otherwise."""
-    text = (url or "").strip()
-    example = "tcp://HOST:PORT, e.g. tcp://gpu-box:7700 or tcp://127.0.0.1:7700"
+def parse_url(url: str) -> str:
+    """`http(s)://HOST[:PORT]` -> the base URL without a trailing slash; BackendError naming the form."""
+    text = (url or "").strip().rstrip("/")
+    example = "http://HOST:PORT, e.g. http://gpu-box:7700 or https://irg.studio.example"
     if not text:
         raise BackendError(f"The server URL is empty: give it as {example} ({FIX_URL}).")
     try:
@@ -50,147 +57,173 @@ def parse_url(url: str) -> tuple[str, int]:
         host, port = parts.hostname, parts.port
     except ValueError as exc:
         raise BackendError(f"The server URL {text!r} is not valid ({exc}): give it as {example}.") from None
-    if parts.scheme != "tcp" or not host or port is None or parts.path not in ("", "/") \
-            or parts.query or parts.fragment or parts.username is not None:
+    if parts.scheme == "tcp":
+        raise BackendError(f"The server URL {text!r} is a raw TCP address; that transport was retired: start the "
+                           f"server with `irg-motion serve --http HOST:PORT` and give its URL as {example}.")
+    if parts.scheme not in ("http", "https") or not host or parts.query or parts.fragment \
+            or parts.username is not None:
         raise BackendError(f"The server URL {text!r} is not valid: give it as {example}.")
     if port == 0:
         raise BackendError(f"The server URL {text!r} has port 0: give the port the server printed "
-                           "(`listening on HOST:PORT`).")
-    return host, port
-
-
-def _address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _serve_hint(host: str, port: int) -> str:
-    """How to start a server this URL reaches (beyond loopback the server needs a token)."""
-    try:
-        local = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        local = False
-    if local:
-        return f"`irg-motion serve --listen {_address(host, port)} --model DIR`"
-    return f"`irg-motion serve --listen 0.0.0.0:{port} --token-file FILE --model DIR` on {host}"
+                           "(`listening on http://HOST:PORT`).")
+    return text
 
 
 def _fingerprint(token: str | None) -> str:
-    """Identifies a token in keys and logs without revealing it."""
     return hashlib.sha256(token.encode()).hexdigest()[:12] if token else ""
 
 
 class RemoteBackendClient(Backend):
-    """One connection to an IRG Motion server speaking the JSON-lines protocol over TCP."""
+    """One IRG Motion HTTP server; see the module docstring."""
 
-    def __init__(self, url: str, token: str | None = None, timeout: float = CONNECT_TIMEOUT_S):
-        super().__init__()
-        self.url = (url or "").strip()
+    def __init__(self, url: str, token: str | None = None, timeout: float = CONNECT_TIMEOUT_S,
+                 read_timeout: float = READ_TIMEOUT_S):
+        self.url = (url or "").strip().rstrip("/")
         self._token = (token or "").strip() or None
         self.timeout = float(timeout)
-        self.log_path = None  # no process here: the log is in memory (log_tail)
-        self._sock: socket.socket | None = None
-        self._send_lock = threading.Lock()
+        self.read_timeout = float(read_timeout)
+        self.ready_info: dict[str, Any] | None = None
+        self._state = "stopped"
+        self._events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._open: dict[Any, Any] = {}  # request id -> its streaming response (None until it answers)
+        self._lock = threading.Lock()
+        self._session: Any = None
+        self._ids = itertools.count(1)
+        self._generation = 0  # bumped by stop(): threads of an earlier session stay quiet
         self._log: collections.deque[str] = collections.deque(maxlen=LOG_LINES)
         self._last_problem = ""
 
     def __repr__(self) -> str:  # never the token
         return f"RemoteBackendClient({self.url!r}, token={'set' if self._token else None}, state={self._state!r})"
 
+    # -- Backend facts
+
     @property
     def key(self) -> tuple[str, str, str]:
-        """What identifies this server in the registry (the token only as a fingerprint)."""
         return "remote", self.url, _fingerprint(self._token)
 
     @property
+    def state(self) -> str:
+        return self._state
+
+    @property
     def pid(self) -> None:
-        """No local process."""
         return None
 
     @property
-    def address(self) -> str:
-        """HOST:PORT of the server (BackendError if the URL is not valid)."""
-        return _address(*parse_url(self.url))
+    def batching(self) -> bool:
+        """True when the server batches concurrent requests (its /v1/info says so)."""
+        return bool(((self.ready_info or {}).get("server") or {}).get("batching"))
+
+    @property
+    def max_per_client(self) -> int:
+        """How many unfinished requests the server accepts from one client (1 before the handshake)."""
+        limits = ((self.ready_info or {}).get("server") or {}).get("limits") or {}
+        return max(1, int(limits.get("max_per_client") or 1))
 
     def validate(self) -> None:
-        """Check the URL before connecting (BackendError)."""
         parse_url(self.url)
+
+    def new_id(self, prefix: str = "r") -> str:
+        return f"{prefix}{next(self._ids)}"
 
     # -- connection
 
+    def _headers(self) -> dict[str, str]:
+        headers = {"Accept": "application/x-ndjson, application/json"}
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        return headers
+
     def start(self) -> None:
-        """Connect, authenticate and start the reader; the `ready` handshake arrives later via poll().
+        """Read the server's /v1/info (the handshake); BackendError naming the fix when that fails."""
+        import requests
 
-        BackendError when nothing answers at the URL (the message says how to start a server)."""
-        host, port = parse_url(self.url)
+        base = parse_url(self.url)
         self.stop()
-        sock = self._connect(host, port)
-        self._events = queue.Queue()
-        self._ready_event = threading.Event()
-        self.ready_info = None
-        self._last_problem = ""
-        self._sock = sock
+        self._session = requests.Session()
         self._state = "starting"
-        self._note(f"connected to {self.url}")
+        self._last_problem = ""
         try:
-            self._write(sock, {"type": "auth", "token": self._token} if self._token else {"type": "auth"})
-        except OSError as exc:
-            self._sock, self._state = None, "dead"
-            sock.close()
-            raise BackendError(f"The IRG Motion server at {_address(host, port)} closed the connection at once "
-                               f"({exc}): check its log (it may serve too many clients).") from None
-        self._reader = threading.Thread(target=self._read, args=(sock,), daemon=True,
-                                        name="irg-motion-remote-reader")
-        self._reader.start()
+            info = self._get_json("/v1/info")
+        except BackendError as exc:
+            self._die(str(exc), code=None)
+            raise
+        version = info.get("protocol_version")
+        if version != protocol.PROTOCOL_VERSION:
+            message = (f"The server at {base} speaks protocol version {version}, this add-on speaks "
+                       f"{protocol.PROTOCOL_VERSION}: run the server and the add-on from the same release.")
+            self._die(message, code=None)
+            raise BackendError(message)
+        self.ready_info = {**info, "event": "ready", "id": None}
+        self._state = "ready"
+        model, device = info.get("model") or {}, info.get("device") or {}
+        server = info.get("server") or {}
+        self._note(f"ready: irg-motion {info.get('backend_version', '?')}, model {model.get('name', '?')} on "
+                   f"{device.get('type', '?')} ({device.get('precision', '?')}), engine {server.get('engine', '?')}")
+        self._events.put(self.ready_info)
 
-    def _connect(self, host: str, port: int) -> socket.socket:
-        where = _address(host, port)
+    def _get_json(self, path: str) -> dict[str, Any]:
+        import requests
+
         try:
-            sock = socket.create_connection((host, port), timeout=self.timeout)
-        except ConnectionRefusedError:
-            message = f"No IRG Motion server at {where}: start it with {_serve_hint(host, port)}, or {FIX_URL}."
-        except socket.gaierror as exc:
-            message = f"Cannot find the server host {host!r} ({exc.strerror or exc}): {FIX_URL}."
-        except (socket.timeout, TimeoutError):
-            message = (f"No answer from {where} within {self.timeout:g} s: check the host, the port and any "
-                       f"firewall between the machines, or {FIX_URL}.")
-        except OSError as exc:
-            message = f"Cannot connect to the IRG Motion server at {where} ({exc.strerror or exc}): {FIX_URL}."
-        else:
-            sock.settimeout(None)  # the reader waits as long as generations take
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            return sock
-        self._state = "dead"
-        self._note(message)
-        raise BackendError(message)
+            response = self._session.get(self.url + path, headers=self._headers(),
+                                         timeout=(self.timeout, CONTROL_TIMEOUT_S))
+        except requests.RequestException as exc:
+            raise BackendError(self._unreachable(exc)) from None
+        if response.status_code != 200:
+            raise BackendError(self._refused(response))
+        try:
+            return response.json()
+        except ValueError:
+            raise BackendError(f"The server at {self.url} did not answer JSON on {path}: is the URL an IRG Motion "
+                               f"server (`irg-motion serve --http`)? {FIX_URL}.") from None
 
     def ensure_started(self) -> None:
-        """Connect unless already connecting or connected (reuses the connection)."""
-        if self._state in ("starting", "ready") and self._sock is not None:
-            return
-        self.start()
+        if self._state != "ready":
+            self.start()
+
+    def wait_ready(self, timeout: float = 60.0) -> dict[str, Any]:
+        """The handshake (start() is synchronous); BackendError when the server cannot be reached."""
+        self.ensure_started()
+        return self.ready_info
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Close every open stream (the server cancels those requests) and forget the session."""
+        with self._lock:
+            self._generation += 1
+            streams, self._open = list(self._open.values()), {}
+        for response in streams:
+            _close(response)
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+            self._note("disconnected")
+        self._state = "stopped"
+
+    # -- requests
 
     def send(self, request: dict[str, Any]) -> str:
-        """Write one request (an `id` is added if missing); returns its id."""
-        sock = self._sock
-        if sock is None or self._state not in ("starting", "ready"):
-            raise BackendError(f"Not connected to the IRG Motion server (state {self._state}): "
-                               "generate again to reconnect.")
+        """Send one request (an `id` is added if missing); returns its id. Never blocks on the network."""
+        if self._session is None or self._state != "ready":
+            raise BackendError(f"Not connected to the IRG Motion server (state {self._state}): generate again "
+                               "to reconnect.")
         request = dict(request)
         request.setdefault("id", self.new_id())
-        try:
-            self._write(sock, request)
-        except OSError as exc:
-            raise BackendError(f"Sending to the IRG Motion server at {self.url} failed ({exc}): the connection "
-                               "is lost; generate again to reconnect.") from None
-        return request["id"]
-
-    def _write(self, sock: socket.socket, message: dict[str, Any]) -> None:
-        line = (protocol.dumps(message) + "\n").encode("utf-8")
-        with self._send_lock:
-            sock.sendall(line)
+        kind, rid = request.get("type"), request["id"]
+        if kind in WORK_TYPES:
+            with self._lock:
+                self._open[rid] = None
+            target, args = self._stream, (request,)
+        elif kind in ("cancel", "ping", "info"):
+            target, args = self._control, (request,)
+        else:
+            return rid  # shutdown: a client never stops a shared server
+        threading.Thread(target=target, args=(*args, self._generation), daemon=True,
+                         name=f"irg-motion-http-{kind}").start()
+        return rid
 
     def poll(self, max_events: int = 100) -> list[dict[str, Any]]:
-        """Up to max_events parsed events, without blocking."""
         out: list[dict[str, Any]] = []
         while len(out) < max_events:
             try:
@@ -199,142 +232,171 @@ class RemoteBackendClient(Backend):
                 break
         return out
 
-    def wait_ready(self, timeout: float = 60.0) -> dict[str, Any]:
-        """Block until the handshake (for scripts and tests); BackendError on failure.
+    def _stream(self, request: dict[str, Any], generation: int) -> None:
+        """POST one work request and queue its events until its `done` or `error`."""
+        import requests
 
-        Events other than the handshake stay queued for poll()."""
-        self.ensure_started()
-        self._ready_event.wait(timeout)
-        if self._state == "ready" and self.ready_info is not None:
-            return self.ready_info
-        if self._state == "dead":
-            raise BackendError(self.death_message())
-        raise BackendError(f"The IRG Motion server at {self.url} did not send its handshake within "
-                           f"{timeout:.0f} s: is it still loading its model? Check its log.")
+        rid, kind = request["id"], request["type"]
+        body = {k: v for k, v in request.items() if k != "type"}
+        ended = False
+        try:
+            response = self._session.post(f"{self.url}/v1/{kind}", data=protocol.dumps(body).encode("utf-8"),
+                                          headers={**self._headers(), "Content-Type": "application/json"},
+                                          stream=True, timeout=(self.timeout, self.read_timeout))
+            with self._lock:
+                if rid not in self._open:  # stopped meanwhile
+                    _close(response)
+                    return
+                self._open[rid] = response
+            if response.status_code != 200:
+                ended = True
+                return self._put_error(rid, self._refusal_code(response), self._refused(response), generation)
+            for line in response.iter_lines(chunk_size=None):  # each chunk as it comes, not 512 bytes
+                if not line:
+                    continue  # keep-alive
+                event = protocol.loads(line)
+                ended = event.get("id") == rid and event.get("event") in ("done", "error")
+                if generation == self._generation:
+                    self._events.put(event)
+                if ended:
+                    break
+            if not ended:
+                self._lost(rid, "the server closed the stream before the request ended", generation)
+        except requests.exceptions.ConnectTimeout as exc:
+            self._lost(rid, self._unreachable(exc), generation)
+        except requests.exceptions.Timeout:
+            self._hung(rid, generation)
+        except requests.exceptions.ConnectionError as exc:  # a read timeout mid-stream comes as this too
+            if "read timed out" in str(exc).lower():
+                self._hung(rid, generation)
+            elif not ended:
+                self._lost(rid, self._unreachable(exc), generation)
+        except (requests.RequestException, protocol.ProtocolError, AttributeError, ValueError) as exc:
+            if not ended:
+                self._lost(rid, f"the stream broke ({type(exc).__name__}: {exc})", generation)
+        finally:
+            with self._lock:
+                response = self._open.pop(rid, None)
+            if response is not None:
+                _close(response)
 
-    def stop(self, timeout: float = 2.0) -> None:
-        """Disconnect: the server cancels this client's requests and keeps serving others."""
-        sock, self._sock = self._sock, None
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
-            self._note("disconnected")
-        reader = self._reader
-        if reader is not None and reader is not threading.current_thread():
-            reader.join(timeout)
-        self._state = "stopped"
+    def _control(self, request: dict[str, Any], generation: int) -> None:
+        import requests
+
+        kind, rid = request["type"], request.get("id")
+        try:
+            if kind == "cancel":
+                target = str(request.get("target"))
+                self._session.delete(f"{self.url}/v1/requests/{quote(target, safe='')}", headers=self._headers(),
+                                     timeout=(self.timeout, CONTROL_TIMEOUT_S))
+                return  # the cancelled stream ends with its `done`
+            if kind == "ping":
+                health = self._get_json("/v1/health")
+                event = {"event": "pong", "id": rid, "protocol_version": health.get("protocol_version")}
+            else:
+                event = {**self._get_json("/v1/info"), "event": "info", "id": rid}
+        except (requests.RequestException, BackendError, AttributeError) as exc:
+            self._note(f"{kind} failed: {exc}")
+            return
+        if generation == self._generation:
+            self._events.put(event)
+
+    # -- problems
+
+    def _unreachable(self, exc: Exception) -> str:
+        text = str(exc)
+        if "Connection refused" in text or "Errno 111" in text:
+            return (f"No IRG Motion server answers at {self.url}: start it with `irg-motion serve --http HOST:PORT "
+                    f"--model DIR` on that machine, or {FIX_URL}.")
+        if "Name or service not known" in text or "getaddrinfo" in text or "Failed to resolve" in text:
+            return f"Cannot find the server host of {self.url}: {FIX_URL}."
+        if "SSL" in text or "certificate" in text.lower():
+            return (f"The TLS connection to {self.url} failed ({text[:200]}): check the server's certificate, or "
+                    "point REQUESTS_CA_BUNDLE at the studio's CA file.")
+        if "timed out" in text.lower():
+            return (f"No answer from {self.url} within {self.timeout:g} s: check the host, the port and any "
+                    f"firewall between the machines, or {FIX_URL}.")
+        return f"The connection to the IRG Motion server at {self.url} failed ({text[:200]})."
+
+    @staticmethod
+    def _refusal_code(response: Any) -> str:
+        try:
+            return str(response.json().get("code") or "http_error")
+        except ValueError:
+            return "http_error"
+
+    def _refused(self, response: Any) -> str:
+        """The message of a refused request (one `error` event as JSON, or something that is not our server)."""
+        try:
+            event = response.json()
+            message = str(event.get("message") or "")
+        except ValueError:
+            event, message = {}, ""
+        status = response.status_code
+        if status == 401:
+            return f"The server at {self.url} refused the token ({event.get('reason') or 'wrong token'}): {FIX_TOKEN}."
+        if status == 429:
+            wait = response.headers.get("Retry-After")
+            return (f"The server at {self.url} is busy: {message}" + (f" (retry after {wait} s)" if wait else ""))
+        if not message:
+            return (f"The server at {self.url} answered HTTP {status}, not as an IRG Motion server: "
+                    f"{FIX_URL}.")
+        return message
+
+    def _put_error(self, rid: Any, code: str, message: str, generation: int) -> None:
+        if generation == self._generation:
+            self._note(message)
+            self._events.put(protocol.error_event(code, message, rid))
+
+    def _lost(self, rid: Any, why: str, generation: int) -> None:
+        if generation != self._generation:
+            return  # stopped on purpose
+        message = (f"The connection to the IRG Motion server at {self.url} was lost ({why}); the request stopped "
+                   "and nothing was written. Check that the server still runs, then try again.")
+        self._die(message, code=None)
+        self._put_error(rid, "connection_lost", message, generation)
+
+    def _hung(self, rid: Any, generation: int) -> None:
+        message = (f"The IRG Motion server at {self.url} sent nothing for {self.read_timeout:g} s (not even its "
+                   "keep-alive): it hangs or the network dropped. The request stopped and nothing was written; "
+                   "check the server, then try again.")
+        if generation == self._generation:
+            self._die(message, code=None)
+        self._put_error(rid, "server_hung", message, generation)
+
+    def _die(self, message: str, code: str | None) -> None:
+        self._state = "dead"
+        self._last_problem = message
+        self._note(message)
+
+    # -- text for people
 
     def status_text(self) -> str:
-        """One line for the panel: the connection's state."""
         if self._state == "dead":
             return f"Connection lost: {self.death_message()}"
-        return {"ready": f"Connected to {self.url}", "starting": f"Connecting to {self.url}..."}.get(
-            self._state, f"Not connected to {self.url}")
+        if self._state == "ready":
+            engine = ((self.ready_info or {}).get("server") or {}).get("engine", "?")
+            return f"Connected to {self.url} ({engine} engine{', batching' if self.batching else ''})"
+        return f"Not connected to {self.url}"
 
     def log_tail(self, n: int = 20) -> str:
-        """The last n lines of this client's connection log (connects, handshakes, problems)."""
         return "\n".join(list(self._log)[-n:])
 
     def death_message(self) -> str:
-        """Why the connection ended and what to do."""
         return self._last_problem or f"The connection to the IRG Motion server at {self.url} ended."
 
     def _note(self, text: str) -> None:
         self._log.append(f"{time.strftime('%H:%M:%S')} {text}")
 
-    # -- reader thread -------------------------------------------------------------
 
-    def _read(self, sock: socket.socket) -> None:
-        """Parse the server's lines into events until the connection ends, then say why."""
-        said_bye, why = False, ""
-        try:
-            with sock.makefile("rb") as stream:
-                while True:
-                    raw = stream.readline(MAX_LINE_BYTES)
-                    if not raw:
-                        break
-                    if not raw.endswith(b"\n"):
-                        why = f"the server sent a line longer than {MAX_LINE_BYTES >> 20} MiB"
-                        break
-                    try:
-                        event = protocol.loads(raw)
-                    except protocol.ProtocolError:
-                        why = "the server sent a line that is not JSON: is the URL an IRG Motion server?"
-                        break
-                    said_bye = said_bye or event.get("event") == "bye"
-                    if not self._accept(sock, event):
-                        return
-        except (OSError, ValueError) as exc:  # reset by the peer, or stop() closed the socket under us
-            why = why or str(exc)
-        finally:
-            self._ready_event.set()
-        if sock is self._sock:  # not stopped on purpose (stop() forgets the socket first)
-            self._lost(sock, said_bye, why)
-
-    def _accept(self, sock: socket.socket, event: dict[str, Any]) -> bool:
-        """Queue one event (the handshake and refusals checked first); False ends the reader."""
-        kind = event.get("event")
-        if kind == "ready":
-            return self._handshake(sock, event)
-        if kind == "error" and event.get("id") is None and self._state == "starting" \
-                and event.get("code") in ("unauthorized", "busy"):
-            if event["code"] == "unauthorized":
-                reason = event.get("reason") or ("no token" if self._token is None else "wrong token")
-                message = f"The server at {self.url} refused the token ({reason}): {FIX_TOKEN}."
-            else:
-                message = f"The server at {self.url} is busy: {event.get('message', '')}"
-            self._die(sock, event["code"], message)
-            return False
-        self._events.put(event)
-        return True
-
-    def _handshake(self, sock: socket.socket, event: dict[str, Any]) -> bool:
-        """Accept a `ready` of our protocol version; anything else ends the connection."""
-        version = event.get("protocol_version")
-        if version != protocol.PROTOCOL_VERSION:
-            self._die(sock, "protocol_mismatch", (
-                f"The server at {self.url} speaks protocol version {version}, this add-on speaks "
-                f"{protocol.PROTOCOL_VERSION}: run the server and the add-on from the same release."))
-            return False
-        self.ready_info = event
-        self._state = "ready"
-        model, device = event.get("model") or {}, event.get("device") or {}
-        self._note(f"ready: irg-motion {event.get('backend_version', '?')}, model {model.get('name', '?')} "
-                   f"on {device.get('type', '?')} ({device.get('precision', '?')})")
-        self._events.put(event)
-        self._ready_event.set()
-        return True
-
-    def _die(self, sock: socket.socket, code: str, message: str) -> None:
-        """End the connection with one `error` event (id null) that says why and how to fix it."""
-        if sock is not self._sock:
-            return
-        self._state = "dead"
-        self._last_problem = message
-        self._note(message)
-        self._events.put(protocol.error_event(code, message, None))
-        self._sock = None
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        sock.close()
-        self._ready_event.set()
-
-    def _lost(self, sock: socket.socket, said_bye: bool, why: str) -> None:
-        where = self.url
-        if said_bye:
-            message = (f"The IRG Motion server at {where} ended the session (it is shutting down): "
-                       "generate again once it runs.")
-        elif self._state == "starting":
-            message = (f"The server at {where} closed the connection before its handshake"
-                       f"{f' ({why})' if why else ''}: check that the URL points at `irg-motion serve --listen` "
-                       "and see the server's log.")
-        else:
-            message = (f"The connection to the IRG Motion server at {where} was lost"
-                       f"{f' ({why})' if why else ''}; a running generation stopped. Check that the server "
-                       "still runs, then generate again.")
-        self._die(sock, "connection_lost", message)
+def _close(response: Any) -> None:
+    """Close a streaming response, unblocking a thread that reads it (urllib3 >= 2.3 has shutdown())."""
+    if response is None:
+        return
+    shutdown = getattr(getattr(response, "raw", None), "shutdown", None)
+    try:
+        if shutdown is not None:
+            shutdown()
+        response.close()
+    except Exception:  # already closed or broken: nothing left to free
+        pass

@@ -9,6 +9,7 @@ import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 
 from ..registration import register_classes, unregister_classes
+from ..backend import token_store
 from ..settings import ADDON_ID, DEVICES, MODES, PRECISIONS, default_model_text, env_dir_text
 from .backend import draw_backend_status, draw_task
 
@@ -37,12 +38,14 @@ class IRG_AddonPreferences(bpy.types.AddonPreferences):
     precision: EnumProperty(name="Precision", items=PRECISIONS, default="auto")
     server_url: StringProperty(
         name="Server URL",
-        description="tcp://HOST:PORT of an `irg-motion serve --listen` server (e.g. a GPU machine): generation "
-                    "runs there instead of in a local process. Empty: the local backend. Env: $IRG_SERVER_URL")
+        description="http://HOST:PORT (or https://) of an `irg-motion serve --http` server (e.g. a GPU machine): "
+                    "generation runs there instead of in a local process. Empty: the local backend. "
+                    "Env: $IRG_SERVER_URL")
     server_token: StringProperty(
-        name="Server Token", subtype="PASSWORD",
-        description="The server's token (the content of its --token-file); stored in the user preferences, "
-                    "never shown or logged. Env: $IRG_SERVER_TOKEN")
+        name="Server Token", subtype="PASSWORD", update=lambda self, _context: _keep_token(self),
+        description="Your token from the server's --token-file. Kept in the OS keyring when one is available "
+                    "(then this field is emptied), else in the user preferences; never shown or logged, never "
+                    "in a .blend. Env: $IRG_SERVER_TOKEN")
     backend_source: StringProperty(
         name="Backend Source",
         description="What Set Up Backend installs: the IRG Motion source folder (with pyproject.toml), a wheel "
@@ -79,6 +82,13 @@ class IRG_AddonPreferences(bpy.types.AddonPreferences):
         draw_preferences(self.layout, self)
 
 
+def _keep_token(p) -> None:
+    """A token typed into the preferences moves to the OS keyring when one is usable (the field is emptied)."""
+    token = p.server_token.strip()
+    if token and token_store.store_token(p.server_url, token):
+        p.server_token = ""
+
+
 def draw_preferences(layout, p) -> None:
     """The preferences (p: the add-on's preferences) with the running task and the backend's state."""
     box = layout.box()
@@ -86,6 +96,10 @@ def draw_preferences(layout, p) -> None:
     box.prop(p, "server_url")
     if p.server_url.strip():
         box.prop(p, "server_token")
+        where = token_store.keyring_name()
+        box.label(text=f"The token is kept in the OS keyring ({where})." if where else
+                  "No OS keyring here (install the keyring package into Blender's Python): the token is kept "
+                  "in Blender's user preferences.", icon="LOCKED")
         box.label(text="Generation runs on the server; the local backend settings are not used.", icon="URL")
     else:
         _draw_local(box, p)

@@ -19,7 +19,7 @@ def cmd_make_fixture(args: argparse.Namespace) -> int:
     from ..convert.fixture import make_fixture
 
     try:
-        path = make_fixture(args.dir, args.seed, dataset=args.dataset, stage=args.stage)
+        path = make_fixture(args.dir, args.seed, dataset=args.dataset, stage=args.stage, hidden_size=args.hidden_size)
     except ValueError as exc:  # ModelFolderError too: a non-empty folder that is not a fixture
         raise CliError(str(exc)) from None
     print(f"wrote a fixture model folder to {path} (seed {args.seed}, {args.dataset}, stage {args.stage}):")
@@ -186,6 +186,9 @@ def add_make_fixture(subs: Any, p: dict[str, argparse.ArgumentParser]) -> None:
                      help="random seed: the same seed gives identical files")
     sub.add_argument("--dataset", choices=("HumanML3D", "KIT-ML"), default="HumanML3D")
     sub.add_argument("--stage", type=int, choices=(1, 2, 3), default=2, help="training stage to imitate")
+    sub.add_argument("--hidden-size", type=int, default=64, metavar="N",
+                     help="LLM width, 4 heads of N/4 (default 64; 256 gives head_dim 64, which vLLM's CPU "
+                          "attention needs)")
 
 
 def add_inspect(subs: Any, p: dict[str, argparse.ArgumentParser]) -> None:

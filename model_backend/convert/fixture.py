@@ -208,6 +208,8 @@ def make_fixture(out_dir: str | Path, seed: int = 0, *, dataset: str = "HumanML3
 
     from ..vq.vqvae import save_vqvae
 
+    if not isinstance(hidden_size, int) or hidden_size < 32 or hidden_size % 4:
+        raise ValueError(f"hidden_size must be a multiple of 4, at least 32 (4 heads), not {hidden_size!r}")
     if stage not in (1, 2, 3):
         raise ValueError(f"stage must be 1, 2 or 3, not {stage!r}")
     if not isinstance(seed, int) or not 0 <= seed < 2**63:

@@ -127,7 +127,8 @@ def _cache_kwarg(model: Any) -> str:
 def stream_tokens(model: Any, prompt_ids: Sequence[int], *, max_new_tokens: int, eos_ids: Iterable[int],
                   sampler: Sampler | None = None, processor: Callable | None = None,
                   cancel: threading.Event | None = None, on_token: Callable[[int], str | None] | None = None,
-                  prefill_chunk: int = PREFILL_CHUNK) -> tuple[list[int], str]:
+                  prefill_chunk: int = PREFILL_CHUNK,
+                  pace: Callable[[], None] | None = None) -> tuple[list[int], str]:
     """Generate after `prompt_ids` one token at a time with the KV cache; return (new ids, stop reason).
 
     Stops with `cancelled` (checked before every prefill chunk and every step), `eos` (the
@@ -155,6 +156,8 @@ def stream_tokens(model: Any, prompt_ids: Sequence[int], *, max_new_tokens: int,
                 return new, "cancelled"
             logits = step(ids[:, start:start + prefill_chunk])
         for index in range(max_new_tokens):
+            if index and pace is not None:
+                pace()  # a server may hand the engine to another request between two tokens
             if index and cancel is not None and cancel.is_set():
                 return new, "cancelled"
             if index:
@@ -295,10 +298,9 @@ class Engine:
 
     def __init__(self, model_dir: str | Path, device: str = "auto", precision: str = "auto"):
         from ..vq.codec import MotionCodec
-        from .loader import load_llm
-
         self.model_dir = Path(model_dir).expanduser().absolute()
-        self.llm = load_llm(self.model_dir, device, precision)
+        self.pace: Callable[[], None] | None = None  # called between tokens (a server's turn-taking)
+        self.llm = self._load(self.model_dir, device, precision)
         codec_device = self.llm.device if str(self.llm.device).startswith("cuda") else "cpu"
         self.codec = MotionCodec.from_dir(self.model_dir, device=codec_device)
         self.model = self.llm.model
@@ -307,6 +309,24 @@ class Engine:
         self.manifest = self.llm.manifest
         self.eos_ids = list(self.llm.eos_ids)
         self.prefill_chunk = PREFILL_CHUNK
+
+    def _load(self, model_dir: Path, device: str, precision: str) -> Any:
+        """The LLM and its tokenizer (`loader.LoadedLLM`); an engine on another runtime loads its own."""
+        from .loader import load_llm
+
+        return load_llm(model_dir, device, precision)
+
+    def _stream(self, req: "_Request", ids: list[int], budget: int, constraint: MotionConstraint,
+                on_token: Callable[[int], str | None], max_spans: int) -> tuple[list[int], str]:
+        """Generate after `ids` under `constraint`, one token at a time: (new ids, stop reason).
+
+        `max_spans`: how many motion spans may close before `<Motion>` is masked. Here the
+        caller applies it between tokens through `constraint.allow_open`; an engine that
+        samples out of process (vLLM) applies it itself.
+        """
+        return stream_tokens(self.model, ids, max_new_tokens=budget, eos_ids=self.eos_ids, sampler=req.sampler,
+                             processor=constraint, cancel=req.cancel, on_token=on_token,
+                             prefill_chunk=self.prefill_chunk, pace=self.pace)
 
     # ------------------------------------------------------------ facts
 
@@ -636,9 +656,7 @@ class Engine:
             req.tokens += 1
             return handle(self._feed(parser, decoder, token))
 
-        _new, stop = stream_tokens(self.model, ids, max_new_tokens=budget, eos_ids=self.eos_ids,
-                                   sampler=req.sampler, processor=constraint, cancel=req.cancel, on_token=on_token,
-                                   prefill_chunk=self.prefill_chunk)
+        _new, stop = self._stream(req, ids, budget, constraint, on_token, policy.max_motions)
         handle(parser.feed_text(decoder.flush()))
         open_text = parser.block_text if parser.section == "assess" else ""
         result = parser.finish(stop)
@@ -680,9 +698,7 @@ class Engine:
             req.tokens += 1
             self._text_event(req, section, decoder.push(token), round_, parts)
 
-        _new, stop = stream_tokens(self.model, ids, max_new_tokens=budget, eos_ids=self.eos_ids,
-                                   sampler=req.sampler, processor=constraint, cancel=req.cancel, on_token=on_token,
-                                   prefill_chunk=self.prefill_chunk)
+        _new, stop = self._stream(req, ids, budget, constraint, on_token, 0)
         self._text_event(req, section, decoder.flush(), round_, parts)
         return "".join(parts), stop
 

@@ -32,7 +32,7 @@ from typing import Any, Iterator
 from ..wire.manifest import folder_error, inside, llm_config_problem, read_manifest
 from .vocab import MotionVocab, MotionVocabError
 
-__all__ = ["LoadedLLM", "LoaderError", "InsufficientMemoryError", "load_llm", "resolve_device",
+__all__ = ["LoadedLLM", "LoaderError", "InsufficientMemoryError", "load_llm", "load_llm_parts", "resolve_device",
            "count_parameters", "estimate_weight_bytes", "pick_precision", "hf_progress_bars_off", "PRECISIONS"]
 
 PRECISIONS = ("auto", "nf4", "int8", "bf16", "fp32")
@@ -387,18 +387,29 @@ def _flash_attention_usable() -> bool:
     return (major, minor) >= (2, 6)
 
 
-def load_llm(model_dir: str | Path, device: str = "auto", precision: str = "auto") -> LoadedLLM:
-    """Load the model folder's LLM and tokenizer on `device` at `precision` (see the module docstring).
-
-    Raises ModelFolderError (folder problems, with the fix), LoaderError (device/precision)
-    or InsufficientMemoryError (names the precision that would fit).
-    """
+def load_llm_parts(model_dir: str | Path) -> LoadedLLM:
+    """Everything of a model folder's LLM but the weights: manifest, tokenizer, motion vocabulary and
+    end-of-sequence ids, checked (ModelFolderError naming the fix). `model` is None and `device`,
+    `precision` and `why` are empty: an engine that loads the weights its own way (vLLM) fills them."""
     folder = Path(model_dir).expanduser().absolute()
     manifest = read_manifest(folder)
     llm_dir = _check_llm_dir(folder)
     config = _load_config(folder, llm_dir)
     tokenizer, vocab = _load_tokenizer(folder, llm_dir, manifest, config)
     eos_ids = _eos_ids(folder, llm_dir, config, tokenizer)
+    return LoadedLLM(model=None, tokenizer=tokenizer, vocab=vocab, device="", precision="", why="",
+                     eos_ids=eos_ids, manifest=manifest, model_dir=folder)
+
+
+def load_llm(model_dir: str | Path, device: str = "auto", precision: str = "auto") -> LoadedLLM:
+    """Load the model folder's LLM and tokenizer on `device` at `precision` (see the module docstring).
+
+    Raises ModelFolderError (folder problems, with the fix), LoaderError (device/precision)
+    or InsufficientMemoryError (names the precision that would fit).
+    """
+    parts = load_llm_parts(model_dir)
+    folder, tokenizer, llm_dir = parts.model_dir, parts.tokenizer, parts.model_dir / "llm"
+    config = _load_config(folder, llm_dir)
 
     dev = resolve_device(device)
     free, native_bf16, where = _device_facts(dev)
@@ -408,9 +419,9 @@ def load_llm(model_dir: str | Path, device: str = "auto", precision: str = "auto
     if chosen == "int8":
         _silence_int8_cast_warning()
     model = _load_weights(folder, llm_dir, kwargs, chosen, where)
-    model.generation_config.eos_token_id = eos_ids
+    model.generation_config.eos_token_id = parts.eos_ids
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     picked = " (auto: no CUDA device)" if device == "auto" and dev == "cpu" else " (auto)" if device == "auto" else ""
     why = f"device {dev}{picked}; {why}; attention {kwargs['attn_implementation']}"
-    return LoadedLLM(model=model, tokenizer=tokenizer, vocab=vocab, device=dev, precision=chosen, why=why,
-                     eos_ids=eos_ids, manifest=manifest, model_dir=folder)
+    parts.model, parts.device, parts.precision, parts.why = model, dev, chosen, why
+    return parts

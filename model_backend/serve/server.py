@@ -326,9 +326,65 @@ class Job:
     ended: bool = False  # its done/error went out: the id is free again
 
 
-def _cancelled_done(job: Job) -> dict[str, Any]:
+def check_work_request(engine: Any, request: dict[str, Any]) -> dict[str, Any]:
+    """A work request's engine arguments, checked before anything is queued: the one validator of every
+    transport (stdio and HTTP). Its `id` must be given; fields and bounds are `validate_request`'s, then
+    the engine's token counts. Raises ProtocolError."""
+    kind, rid = request.get("type"), request.get("id")
+    if rid is None:
+        raise ProtocolError("bad_request", f'{kind}: "id" is required (a string the events will carry)')
+    model = engine.info.get("model", {})
+    args = validate_request(request, int(model.get("num_joints") or 22), float(model.get("fps") or 20.0),
+                            int(getattr(engine, "context_length", DEFAULT_CONTEXT)))
+    try:
+        engine.check_request(args)  # token counts, before anything is queued
+    except EngineError as exc:
+        raise ProtocolError(exc.code, f"{kind}: {exc.message}") from None
+    return args
+
+
+def cancelled_done(job: Job) -> dict[str, Any]:
     return {"event": "done", "id": job.id, "motions": 0, "stop_reason": "cancelled", "tokens_generated": 0,
             "elapsed_s": round(time.monotonic() - job.accepted, 3), "warnings": []}
+
+
+def run_job(engine: Any, job: Job, send: Emit, answer: Emit | None = None) -> None:
+    """Run one accepted job on `engine`, its events (with the job's id) to `send`; whatever happens it ends
+    with exactly one `done` or `error` (every transport runs its jobs here). When `send` raises
+    EventWriteError the request ends with an `internal` error through `answer` (default: `send`)."""
+    def emit(event: dict[str, Any]) -> None:
+        if job.ended:
+            log.warning("dropped a %s event of %r that came after its end", event.get("event"), job.id)
+            return
+        job.ended = event.get("event") in ("done", "error")
+        try:
+            send({**event, "id": job.id})
+        except EventWriteError as exc:  # end this request with an error; the session goes on
+            log.error("could not write a %s event of %r: %s", event.get("event"), job.id, exc)
+            job.ended = True
+            job.cancel.set()
+            (answer or send)(error_event("internal", f"a {event.get('event')} event of this request could not be "
+                                                 f"written ({exc}), so the request was stopped; this is a bug "
+                                                 "in irg-motion, please report it", job.id))
+
+    started = time.monotonic()
+    log.info("%s %r started", job.type, job.id)
+    try:
+        _run_engine(engine, job.type, dict(job.args), emit, job.cancel)
+    except (EngineError, ProtocolError) as exc:
+        if not job.ended:
+            emit(error_event(exc.code, exc.message))
+    except Exception as exc:  # a bug must not take the whole backend down
+        log.exception("%s %r failed", job.type, job.id)
+        if not job.ended:
+            emit(error_event("internal", f"{job.type} failed: {type(exc).__name__}: {exc}. This is a bug "
+                                         "in irg-motion (the backend keeps serving; its log has the traceback)"))
+    if not job.ended:
+        if job.cancel.is_set():
+            emit(cancelled_done(job))
+        else:
+            emit(error_event("internal", f"{job.type} ended without a done event; this is a bug in irg-motion"))
+    log.info("%s %r finished in %.2f s", job.type, job.id, time.monotonic() - started)
 
 
 class Dispatcher:
@@ -442,13 +498,7 @@ class Dispatcher:
             self.shutdown_requested.set()
 
     def _accept(self, kind: str, rid: Any, request: dict[str, Any]) -> None:
-        if rid is None:
-            raise ProtocolError("bad_request", f'{kind}: "id" is required (a string the events will carry)')
-        args = validate_request(request, self._num_joints, self._fps, self._context)
-        try:
-            self.engine.check_request(args)  # token counts, before anything is queued
-        except EngineError as exc:
-            raise ProtocolError(exc.code, f"{kind}: {exc.message}") from None
+        args = check_work_request(self.engine, request)
         with self._lock:
             if self._closing:
                 raise ProtocolError("busy", f"{kind}: the backend is shutting down; start it again")
@@ -484,7 +534,7 @@ class Dispatcher:
                 if job.id == target:
                     self._queue.remove(job)
                     job.cancel.set()
-                    self._answer(_cancelled_done(job))
+                    self._answer(cancelled_done(job))
                     return True
         log.info("cancel: no unfinished request %r (it may have ended already)", target)
         return False
@@ -499,7 +549,7 @@ class Dispatcher:
                 self._running.cancel.set()
             self._lock.notify_all()
         for job in dropped:
-            self._answer(_cancelled_done(job))
+            self._answer(cancelled_done(job))
         if self._worker.is_alive():
             self._worker.join(timeout)
             if self._worker.is_alive():
@@ -525,40 +575,7 @@ class Dispatcher:
                     self._running = None
 
     def _run(self, job: Job) -> None:
-        """Run one job; whatever happens it ends with exactly one `done` or `error`."""
-        def emit(event: dict[str, Any]) -> None:
-            if job.ended:
-                log.warning("dropped a %s event of %r that came after its end", event.get("event"), job.id)
-                return
-            job.ended = event.get("event") in ("done", "error")
-            try:
-                self.send({**event, "id": job.id})
-            except EventWriteError as exc:  # end this request with an error; the session goes on
-                log.error("could not write a %s event of %r: %s", event.get("event"), job.id, exc)
-                job.ended = True
-                job.cancel.set()
-                self._answer(error_event("internal", f"a {event.get('event')} event of this request could not be "
-                                                     f"written ({exc}), so the request was stopped; this is a bug "
-                                                     "in irg-motion, please report it", job.id))
-
-        started = time.monotonic()
-        log.info("%s %r started", job.type, job.id)
-        try:
-            _run_engine(self.engine, job.type, dict(job.args), emit, job.cancel)
-        except (EngineError, ProtocolError) as exc:
-            if not job.ended:
-                emit(error_event(exc.code, exc.message))
-        except Exception as exc:  # a bug must not take the whole backend down
-            log.exception("%s %r failed", job.type, job.id)
-            if not job.ended:
-                emit(error_event("internal", f"{job.type} failed: {type(exc).__name__}: {exc}. This is a bug "
-                                             "in irg-motion (the backend keeps serving; its log has the traceback)"))
-        if not job.ended:
-            if job.cancel.is_set():
-                emit(_cancelled_done(job))
-            else:
-                emit(error_event("internal", f"{job.type} ended without a done event; this is a bug in irg-motion"))
-        log.info("%s %r finished in %.2f s", job.type, job.id, time.monotonic() - started)
+        run_job(self.engine, job, self.send, self._answer)
 
 
 # ---------------------------------------------------------------- startup and the stdio transport
@@ -572,10 +589,16 @@ class StartupError(RuntimeError):
         self.message = message
 
 
-def load_engine(model_dir: str | Path, device: str = "auto", precision: str = "auto") -> Engine:
-    """Load the Engine once; StartupError with a code and a message naming the folder and the fix."""
+def load_engine(model_dir: str | Path, device: str = "auto", precision: str = "auto", engine: str = "transformers",
+                options: dict[str, Any] | None = None) -> Engine:
+    """Load the engine once (`transformers`, or `vllm` with its `options`); StartupError with a code and a
+    message naming the folder and the fix."""
     folder = Path(model_dir).expanduser().absolute()
     try:
+        if engine == "vllm":
+            from ..llm.vllm_engine import VllmEngine
+
+            return VllmEngine(folder, device=device, precision=precision, **(options or {}))
         return Engine(folder, device=device, precision=precision)
     except ModelFolderError as exc:
         raise StartupError("model_missing", str(exc)) from exc
@@ -672,7 +695,8 @@ def configure_logging(level: int = logging.INFO) -> None:
 
 
 def serve_stdio(model_dir: str | Path, device: str = "auto", precision: str = "auto",
-                stdin: Iterable[bytes] | None = None) -> int:
+                stdin: Iterable[bytes] | None = None, engine: str = "transformers",
+                options: dict[str, Any] | None = None) -> int:
     """Serve the protocol on stdin/stdout until `shutdown` or end of input; return the exit status.
 
     0 after a clean shutdown, 2 when the model cannot be loaded (after one `error` event).
@@ -680,13 +704,15 @@ def serve_stdio(model_dir: str | Path, device: str = "auto", precision: str = "a
     configure_logging()
     with reserved_stdout() as out:
         return _serve(LineWriter(out), stdin if stdin is not None else sys.stdin.buffer,
-                      model_dir, device, precision)
+                      model_dir, device, precision, engine, options)
 
 
-def _serve(writer: LineWriter, source: Iterable[bytes], model_dir: str | Path, device: str, precision: str) -> int:
-    log.info("irg-motion %s loading %s (device %s, precision %s)", backend_version(), model_dir, device, precision)
+def _serve(writer: LineWriter, source: Iterable[bytes], model_dir: str | Path, device: str, precision: str,
+           engine_name: str = "transformers", options: dict[str, Any] | None = None) -> int:
+    log.info("irg-motion %s loading %s (engine %s, device %s, precision %s)", backend_version(), model_dir,
+             engine_name, device, precision)
     try:
-        engine = load_engine(model_dir, device, precision)
+        engine = load_engine(model_dir, device, precision, engine_name, options)
     except StartupError as exc:
         log.error("%s", exc.message)
         writer(error_event(exc.code, exc.message))

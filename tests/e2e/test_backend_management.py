@@ -193,7 +193,7 @@ def test_a_batch_on_a_remote_server_with_a_token(scene, addon_prefs, backend_pyt
     token_file.write_text(token)
     token_file.chmod(0o600)
     server = subprocess.Popen(
-        [str(backend_python), "-m", "model_backend", "serve", "--listen", "127.0.0.1:0", "--token-file",
+        [str(backend_python), "-m", "model_backend", "serve", "--http", "127.0.0.1:0", "--token-file",
          str(token_file), "--model", str(fixture_model), "--device", "cpu", "--precision", "fp32"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         env=dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"))
@@ -205,7 +205,7 @@ def test_a_batch_on_a_remote_server_with_a_token(scene, addon_prefs, backend_pyt
             lines.append(line)
             found = re.match(r"listening on (\S+)", line)
             address = found and found.group(1)
-        addon_prefs.server_url, addon_prefs.server_token = f"tcp://{address}", token
+        addon_prefs.server_url, addon_prefs.server_token = address, token
         addon_prefs.mode, addon_prefs.max_motion_tokens = "direct", 2
         merged = settings.get_settings()
         assert merged.remote and token not in repr(merged)

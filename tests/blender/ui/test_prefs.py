@@ -121,14 +121,14 @@ def standin_project(folder: Path) -> Path:
 
 def test_server_settings_merge_and_the_token_never_shows(addon, monkeypatch):
     secret = "tok-" + "x" * 30
-    monkeypatch.setenv(settings.ENV_SERVER_URL, "tcp://env-host:7700")
+    monkeypatch.setenv(settings.ENV_SERVER_URL, "http://env-host:7700")
     monkeypatch.setenv(settings.ENV_SERVER_TOKEN, secret)
     s = settings.get_settings()
-    assert (s.server_url, s.server_token, s.remote) == ("tcp://env-host:7700", secret, True)
+    assert (s.server_url, s.server_token, s.remote) == ("http://env-host:7700", secret, True)
     assert secret not in repr(s) and "server_token" not in repr(s)
-    addon.server_url, addon.server_token = "  tcp://gpu-box:7701 ", "pref-" + "y" * 30
+    addon.server_url, addon.server_token = "  http://gpu-box:7701 ", "pref-" + "y" * 30
     s = settings.get_settings()
-    assert (s.server_url, s.server_token) == ("tcp://gpu-box:7701", "pref-" + "y" * 30)
+    assert (s.server_url, s.server_token) == ("http://gpu-box:7701", "pref-" + "y" * 30)
     assert settings.get_settings(server_url="").remote is False  # a keyword still wins
     # What callers passed before the server fields existed works unchanged.
     s = settings.get_settings(mode="direct", max_motion_tokens=4, seed=None, backend_python="/b/python")
@@ -138,14 +138,14 @@ def test_server_settings_merge_and_the_token_never_shows(addon, monkeypatch):
 
 
 def test_client_for_picks_the_server_or_the_local_process(addon, tmp_path):
-    addon.server_url, addon.server_token = "tcp://127.0.0.1:9", "t" * 20  # the discard port: nothing listens
+    addon.server_url, addon.server_token = "http://127.0.0.1:9", "t" * 20  # the discard port: nothing listens
     remote = registry.client_for(settings.get_settings())
     assert type(remote).__name__ == "RemoteBackendClient" and "t" * 20 not in repr(remote)
     assert registry.find_client(settings.get_settings()) is remote
-    with pytest.raises(BackendError, match="No IRG Motion server at 127.0.0.1:9"):
+    with pytest.raises(BackendError, match="No IRG Motion server answers at http://127.0.0.1:9"):
         remote.wait_ready(10)
-    addon.server_url = "http://gpu-box"
-    with pytest.raises(BackendError, match="tcp://HOST:PORT"):
+    addon.server_url = "ftp://gpu-box"
+    with pytest.raises(BackendError, match="http://HOST:PORT"):
         registry.client_for(settings.get_settings())
     addon.server_url = ""
     with pytest.raises(BackendError, match="backend Python is not set"):
@@ -256,7 +256,7 @@ def test_preferences_and_backend_panel_draw_in_every_state(addon, tmp_path):
     assert {"backend_source", "torch_build", "torch_index_url", "backend_env_dir"} <= out.props()
     assert f"Default folder: {settings.default_env_dir()}" in out.text()
 
-    addon.server_url, addon.server_token = "tcp://gpu-box:7700", "s" * 24
+    addon.server_url, addon.server_token = "http://gpu-box:7700", "s" * 24
     out = draw_prefs(addon)
     assert "server_token" in out.props() and "backend_python" not in out.props()
     assert "s" * 24 not in repr(out.calls)

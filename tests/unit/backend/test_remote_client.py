@@ -1,31 +1,30 @@
-"""RemoteBackendClient against the real `python -m model_backend serve --listen 127.0.0.1:0` process.
+"""RemoteBackendClient (the add-on's client on `requests`) against the real
+`python -m model_backend serve --http 127.0.0.1:0` process.
 
-Everything runs on 127.0.0.1. Generations are tiny (direct, 4 motion tokens) except
-the "long" ones, which the untrained fixture would run for minutes: they exist to be
-cancelled, so a prompt finish proves the cancel.
+Everything runs on 127.0.0.1. Generations are tiny (direct, 4 motion tokens) except the
+"long" ones, which the untrained fixture would run for minutes: they exist to be cancelled
+or cut off, so a prompt finish proves the point.
 """
 from __future__ import annotations
 
-import json
 import socket
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import pytest
 
-from irg_blender_addon.backend import registry
 from irg_blender_addon.backend.base import BackendError
 from irg_blender_addon.backend.remote import RemoteBackendClient, parse_url
-from irg_blender_addon.backend.registry import get_remote_client
 from model_backend.wire.protocol import PROTOCOL_VERSION, decode_array
-from serve_process import STEP_S, TcpServer, write_token_file
+from serve_process import STEP_S, HttpServer, write_token_file
 
 TOKEN = "Zt5-remote-client-test-token-0042"
 DIRECT = {"type": "generate", "prompt": "a person jumps", "mode": "direct", "max_motion_tokens": 4}
-LONG = {"type": "generate", "prompt": "a person walks forward", "max_new_tokens": 60000}  # ~6 min unless cancelled
+LONG = {"type": "generate", "prompt": "a person walks forward", "max_new_tokens": 60000}  # minutes unless stopped
 
 
 @pytest.fixture(scope="module")
@@ -42,23 +41,21 @@ def token_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(backend_python, model_dir, token_file):
-    srv = TcpServer(backend_python, model_dir, "--token-file", str(token_file))
+    srv = HttpServer(backend_python, model_dir, "--token-file", str(token_file))
     yield srv
     srv.end()
 
 
 @pytest.fixture()
 def clients():
-    """Clients made by a test; all disconnected afterwards."""
     made: list[RemoteBackendClient] = []
     yield made
     for client in made:
         client.stop()
-    registry.shutdown_all()
 
 
-def connect(clients: list, url: str, token: str | None = TOKEN) -> RemoteBackendClient:
-    client = RemoteBackendClient(url, token, timeout=5.0)
+def connect(clients: list, url: str, token: str | None = TOKEN, **kwargs) -> RemoteBackendClient:
+    client = RemoteBackendClient(url, token, timeout=5.0, **kwargs)
     clients.append(client)
     return client
 
@@ -80,69 +77,112 @@ def ended(rid: str) -> Callable[[dict[str, Any]], bool]:
     return lambda e: e.get("id") == rid and e.get("event") in ("done", "error")
 
 
-# ---------------------------------------------------------------- URLs and unreachable servers (no server)
+def running(rid: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda e: e.get("id") == rid and e.get("event") in ("text", "motion_tokens")
+
+
+# ---------------------------------------------------------------- URLs and unreachable servers
 
 @pytest.mark.parametrize("url, expected", [
-    ("tcp://127.0.0.1:7700", ("127.0.0.1", 7700)), (" tcp://gpu-box:9 ", ("gpu-box", 9)),
-    ("tcp://[::1]:7700", ("::1", 7700)), ("tcp://127.0.0.1:7700/", ("127.0.0.1", 7700)),
+    ("http://127.0.0.1:7700", "http://127.0.0.1:7700"), (" https://gpu-box/ ", "https://gpu-box"),
+    ("http://[::1]:7700/", "http://[::1]:7700"),
 ])
-def test_urls_are_tcp_host_port(url, expected):
+def test_urls_are_http_or_https(url, expected):
     assert parse_url(url) == expected
 
 
-@pytest.mark.parametrize("url", ["", "127.0.0.1:7700", "http://127.0.0.1:7700", "tcp://127.0.0.1",
-                                 "tcp://127.0.0.1:99999", "tcp://127.0.0.1:0", "tcp://:7700", "tcp://h:1/x"])
-def test_bad_urls_name_the_expected_form(url):
-    with pytest.raises(BackendError) as err:
+@pytest.mark.parametrize("url, needle", [("", "empty"), ("127.0.0.1:7700", "http://HOST:PORT"),
+                                         ("tcp://127.0.0.1:7700", "retired"), ("http://h:0", "port 0"),
+                                         ("http://h:99999", "not valid"), ("ftp://h:1", "http://HOST:PORT")])
+def test_bad_urls_name_the_expected_form(url, needle):
+    with pytest.raises(BackendError, match=needle):
         parse_url(url)
-    assert "tcp://" in str(err.value)
 
 
 def test_nothing_listening_says_how_to_start_a_server(clients):
-    with socket.socket() as probe:  # a port that was just free on 127.0.0.1
+    with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    client = connect(clients, f"tcp://127.0.0.1:{port}")
+    client = connect(clients, f"http://127.0.0.1:{port}")
     with pytest.raises(BackendError) as err:
         client.ensure_started()
-    message = str(err.value)
-    assert message.startswith(f"No IRG Motion server at 127.0.0.1:{port}: start it with `irg-motion serve --listen")
-    assert "fix the Server URL in Preferences" in message
-    assert client.state == "dead" and message in client.log_tail()
+    assert str(err.value).startswith(f"No IRG Motion server answers at http://127.0.0.1:{port}: start it with "
+                                     "`irg-motion serve --http")
+    assert client.state == "dead" and str(err.value) in client.log_tail()
+
+
+def _fake_server(handler_body: Callable[[BaseHTTPRequestHandler], None]) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            handler_body(self)
+        do_POST = do_GET
+
+        def log_message(self, *args: Any) -> None:
+            pass
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd
 
 
 def test_a_server_of_another_protocol_version_is_refused(clients):
-    listener = socket.create_server(("127.0.0.1", 0))
-    received: list[bytes] = []
+    def answer(handler: BaseHTTPRequestHandler) -> None:
+        body = ('{"event": "info", "protocol_version": %d}' % (PROTOCOL_VERSION + 1)).encode()
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+    httpd = _fake_server(answer)
+    try:
+        client = connect(clients, f"http://127.0.0.1:{httpd.server_address[1]}")
+        with pytest.raises(BackendError, match=f"speaks protocol version {PROTOCOL_VERSION + 1}"):
+            client.wait_ready()
+        assert client.state == "dead" and client.ready_info is None
+    finally:
+        httpd.shutdown()
 
-    def other_server() -> None:
-        conn, _ = listener.accept()
-        with conn:
-            received.append(conn.makefile("rb").readline())
-            conn.sendall(json.dumps({"event": "ready", "protocol_version": PROTOCOL_VERSION + 1}).encode() + b"\n")
-            conn.recv(1)  # until the client hangs up
-    thread = threading.Thread(target=other_server, daemon=True)
-    thread.start()
-    client = connect(clients, f"tcp://127.0.0.1:{listener.getsockname()[1]}", token=None)
-    with pytest.raises(BackendError) as err:
-        client.wait_ready(STEP_S)
-    assert f"speaks protocol version {PROTOCOL_VERSION + 1}" in str(err.value)
-    assert client.state == "dead" and client.ready_info is None
-    assert [e["code"] for e in client.poll() if e["event"] == "error"] == ["protocol_mismatch"]
-    assert json.loads(received[0]) == {"type": "auth"}  # a client without a token still opens with auth
-    thread.join(5)
-    listener.close()
+
+def test_a_server_that_goes_silent_trips_the_watchdog(clients):
+    def answer(handler: BaseHTTPRequestHandler) -> None:
+        if handler.command == "GET":
+            body = ('{"event": "info", "protocol_version": %d}' % PROTOCOL_VERSION).encode()
+            handler.send_response(200)
+            handler.send_header("Content-Length", str(len(body)))
+            handler.end_headers()
+            handler.wfile.write(body)
+            return
+        handler.protocol_version = "HTTP/1.1"
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/x-ndjson")
+        handler.send_header("Transfer-Encoding", "chunked")
+        handler.end_headers()
+        line = b'{"event": "ack", "id": "r1", "type": "generate", "queued": 0}\n'
+        handler.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+        handler.wfile.flush()
+        time.sleep(5)  # then nothing, not even a keep-alive: hung
+    httpd = _fake_server(answer)
+    try:
+        client = connect(clients, f"http://127.0.0.1:{httpd.server_address[1]}", read_timeout=1.0)
+        client.wait_ready()
+        rid = client.send({**DIRECT, "id": "r1"})
+        events = events_until(client, ended(rid))
+        assert [e["event"] for e in events] == ["ready", "ack", "error"]
+        assert events[-1]["code"] == "server_hung" and "sent nothing for 1 s" in events[-1]["message"]
+        assert client.state == "dead"
+    finally:
+        httpd.shutdown()
 
 
 # ---------------------------------------------------------------- the real server
 
-def test_handshake_after_auth_then_a_direct_generation_streams_a_motion(server, clients, model_dir):
+def test_handshake_then_a_direct_generation_streams_a_motion(server, clients, model_dir):
     client = connect(clients, server.url)
     assert client.state == "stopped" and client.pid is None
     ready = client.wait_ready(STEP_S)
-    assert client.state == "ready" and ready["protocol_version"] == PROTOCOL_VERSION
+    assert client.state == "ready" and ready["event"] == "ready" and ready["protocol_version"] == PROTOCOL_VERSION
     assert ready["model"]["dir"] == str(model_dir) and ready["model"]["fixture"] is True
+    assert client.batching is False and client.max_per_client == 16
     assert "ready: irg-motion" in client.log_tail() and TOKEN not in client.log_tail() + repr(client)
+    assert TOKEN not in repr(client.key)
     assert client.poll()[0]["event"] == "ready"  # the handshake is also an event, as with the local client
 
     rid = client.send(DIRECT)
@@ -154,9 +194,8 @@ def test_handshake_after_auth_then_a_direct_generation_streams_a_motion(server, 
     assert 2 <= len(motion["tokens"]) <= 4 and streamed == motion["tokens"]
     joints = decode_array(motion["joints"])
     assert joints.shape == (4 * len(motion["tokens"]), 22, 3) and np.isfinite(joints).all()
-    assert events[-1]["motions"] == 1 and events[-1]["stop_reason"] == "eos"
-    client.ensure_started()  # already connected: nothing changes
-    assert client.state == "ready" and client.ready_info is ready
+    client.send({"type": "ping", "id": "p1"})
+    assert events_until(client, lambda e: e.get("event") == "pong")[-1]["id"] == "p1"
 
 
 @pytest.mark.parametrize("token, needle", [(TOKEN[:-1] + "!", "wrong token"), (None, "no token")])
@@ -164,90 +203,63 @@ def test_a_wrong_or_missing_token_is_refused_clearly(server, clients, token, nee
     client = connect(clients, server.url, token)
     with pytest.raises(BackendError) as err:
         client.wait_ready(STEP_S)
-    message = str(err.value)
-    assert message == (f"The server at {server.url} refused the token ({needle}): set Preferences > Add-ons > "
-                       "IRG Motion > Server Token to the content of the server's --token-file (ask whoever runs "
-                       "the server).")
+    assert str(err.value) == (f"The server at {server.url} refused the token ({needle}): set Preferences > "
+                              "Add-ons > IRG Motion > Server Token to a token from the server's --token-file "
+                              "(ask whoever runs the server).")
     assert client.state == "dead"
-    errors = [e for e in client.poll() if e["event"] == "error"]
-    assert [(e["code"], e["id"]) for e in errors] == [("unauthorized", None)] and errors[0]["message"] == message
     with pytest.raises(BackendError, match="Not connected"):
         client.send(DIRECT)
 
 
-def test_disconnecting_mid_generation_cancels_it_and_the_server_serves_the_next_client(server, clients):
-    first = connect(clients, server.url)
-    first.wait_ready(STEP_S)
-    rid = first.send(LONG)
-    events_until(first, lambda e: e.get("id") == rid and e.get("event") in ("text", "motion_tokens"))
-    first.stop()
-    assert first.state == "stopped"
-    with pytest.raises(BackendError):
-        first.send(DIRECT)
+def test_cancel_and_stop_end_requests_on_the_server(server, clients):
+    client = connect(clients, server.url)
+    client.wait_ready(STEP_S)
+    rid = client.send(LONG)
+    events_until(client, running(rid))
+    client.send({"type": "cancel", "target": rid})
+    done = events_until(client, ended(rid))[-1]
+    assert done["event"] == "done" and done["stop_reason"] == "cancelled"
 
-    second = connect(clients, server.url)
-    second.wait_ready(STEP_S)
-    started = time.monotonic()
-    rid2 = second.send(DIRECT)
-    events = events_until(second, ended(rid2), timeout=15.0)
-    # Had the long request kept the engine, this would wait for minutes.
-    assert events[-1]["event"] == "done" and events[-1]["motions"] == 1
-    assert time.monotonic() - started < 10.0
-    assert "end of its input; cancelling its requests" in "".join(server.log)
+    rid = client.send(LONG)
+    events_until(client, running(rid))
+    client.stop()  # closing the stream cancels the request on the server
+    assert client.state == "stopped" and client.poll() == []
+    server_log = server.wait_log(f"request '{rid}': the client went away; cancelled")
+    assert rid in server_log
 
 
-def test_two_clients_queue_one_request_at_a_time(server, clients):
-    first, second = connect(clients, server.url), connect(clients, server.url)
-    first.wait_ready(STEP_S)
-    second.wait_ready(STEP_S)
-    long_id = first.send(LONG)
-    events_until(first, lambda e: e.get("id") == long_id and e.get("event") in ("text", "motion_tokens"))
-    queued_id = second.send(DIRECT)
-    ack = events_until(second, lambda e: e.get("event") == "ack")[-1]
-    assert ack["id"] == queued_id and ack["queued"] == 1  # the other client's request runs first
-    time.sleep(0.5)
-    assert [e["event"] for e in second.poll()] == []  # it waits while the first one streams
-    assert any(e.get("event") in ("text", "motion_tokens") for e in first.poll(1000))
-
-    first.send({"type": "cancel", "target": long_id})
-    first_done = events_until(first, ended(long_id))[-1]
-    assert first_done["event"] == "done" and first_done["stop_reason"] == "cancelled"
-    events = events_until(second, ended(queued_id))
-    assert events[-1]["event"] == "done" and events[-1]["motions"] == 1
+def test_concurrent_requests_of_one_client_all_finish(server, clients):
+    client = connect(clients, server.url)
+    client.wait_ready(STEP_S)
+    ids = [client.send(DIRECT) for _ in range(3)]
+    ends: dict[str, dict[str, Any]] = {}
+    deadline = time.monotonic() + STEP_S * 2
+    while len(ends) < 3 and time.monotonic() < deadline:
+        for event in client.poll():
+            if event.get("event") in ("done", "error"):
+                ends[event["id"]] = event
+        time.sleep(0.01)
+    assert sorted(ends) == sorted(ids) and all(e["event"] == "done" for e in ends.values())
 
 
-def test_registry_reuses_a_client_per_url_and_token(server):
-    try:
-        client = get_remote_client(server.url, TOKEN)
-        assert get_remote_client(server.url, f" {TOKEN}\n") is client  # pasted with whitespace: same token
-        client.wait_ready(STEP_S)
-        assert registry.running_clients() == [client]
-        other = get_remote_client(server.url, TOKEN + "x")
-        assert other is not client and client.state == "stopped"  # switching servers disconnects
-        assert TOKEN not in repr(client.key)
-    finally:
-        registry.shutdown_all()
-    assert registry.running_clients() == []
-
-
-def test_losing_the_server_mid_generation_leaves_a_dead_client_with_a_clear_message(backend_python, model_dir,
-                                                                                   token_file, clients):
-    srv = TcpServer(backend_python, model_dir, "--token-file", str(token_file))
+def test_losing_the_server_mid_generation_gives_one_clear_error(backend_python, model_dir, token_file, clients):
+    srv = HttpServer(backend_python, model_dir, "--token-file", str(token_file))
     try:
         client = connect(clients, srv.url)
         client.wait_ready(STEP_S)
         rid = client.send(LONG)
-        events_until(client, lambda e: e.get("id") == rid and e.get("event") in ("text", "motion_tokens"))
-        srv.proc.kill()  # no bye: the machine went away
+        events_until(client, running(rid))
+        srv.proc.kill()  # no goodbye: the machine went away
         srv.proc.wait(STEP_S)
-        error = events_until(client, lambda e: e.get("event") == "error")[-1]
-        assert (error["code"], error["id"]) == ("connection_lost", None)
-        assert error["message"].startswith(f"The connection to the IRG Motion server at {srv.url} was lost")
-        assert "a running generation stopped" in error["message"]
-        assert client.state == "dead" and client.death_message() == error["message"]
-        with pytest.raises(BackendError, match="Not connected"):
-            client.send(DIRECT)
-        with pytest.raises(BackendError, match="No IRG Motion server at"):
-            client.ensure_started()  # reconnecting finds nothing listening any more
+        events = events_until(client, ended(rid))
+        errors = [e for e in events if e["event"] == "error"]
+        assert len(errors) == 1 and (errors[0]["code"], errors[0]["id"]) == ("connection_lost", rid)
+        assert errors[0]["message"].startswith(f"The connection to the IRG Motion server at {srv.url} was lost")
+        assert "nothing was written" in errors[0]["message"]
+        assert client.state == "dead" and client.death_message() == errors[0]["message"]
+        time.sleep(0.2)
+        assert client.poll() == []  # exactly one error
+        with pytest.raises(BackendError, match="No IRG Motion server answers"):
+            client.ensure_started()
     finally:
         srv.end()
