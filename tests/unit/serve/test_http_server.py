@@ -27,7 +27,7 @@ from serve_process import STEP_S, HttpServer, write_token_file
 ALICE = "alice-token-0123456789abcdef"
 BOB = "bob-token-0123456789abcdefgh"
 DIRECT = {"prompt": "a person jumps", "mode": "direct", "max_motion_tokens": 4}
-LONG = {"prompt": "a person walks forward", "max_new_tokens": 60000}  # minutes unless stopped
+LONG = {"prompt": "a person walks forward", "max_new_tokens": 8000}  # minutes unless stopped
 # stage-1 rounds with previews: about 0.5 MB of events a round, to fill a slow reader's buffers
 BULKY = {"prompt": "a person walks", "mode": "stage1_loop", "max_rounds": 20, "max_motion_tokens": 50,
          "preview": True}
