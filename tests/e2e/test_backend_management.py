@@ -229,3 +229,38 @@ def test_a_batch_on_a_remote_server_with_a_token(scene, addon_prefs, backend_pyt
             server.kill()
             server.communicate()
     assert token not in "".join(lines)  # the server never prints it either
+
+
+def test_a_remote_server_killed_mid_stream_is_reported_and_nothing_is_written(scene, addon_prefs, backend_python,
+                                                                              fixture_model, pump, counts,
+                                                                              no_backends_left):
+    server = subprocess.Popen(
+        [str(backend_python), "-m", "model_backend", "serve", "--http", "127.0.0.1:0", "--model", str(fixture_model),
+         "--device", "cpu", "--precision", "fp32"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"))
+    try:
+        address = None
+        while address is None:
+            line = server.stderr.readline()
+            assert line, "the server stopped"
+            found = re.match(r"listening on (\S+)", line)
+            address = found and found.group(1)
+        addon_prefs.server_url = address
+        addon_prefs.mode, addon_prefs.max_trace_tokens = "interleaved", 1300
+        before = counts()
+        job = start_long_generation()
+        server.kill()  # the machine went away mid-stream: no goodbye
+        server.wait(30)
+        pump(job, timeout=60)
+        assert job.state == "error"
+        assert job.error.startswith(f"The connection to the IRG Motion server at {address} was lost")
+        assert "nothing was written" in job.error
+        assert counts() == before  # no version, no half-written Action
+        assert job.client.state == "dead"
+    finally:
+        addon_prefs.server_url = ""
+        registry.shutdown_all()
+        if server.poll() is None:
+            server.kill()
+        server.wait(30)
