@@ -30,8 +30,9 @@ class CliError(Exception):
 EXAMPLES = {
     "make-fixture": "example:\n  irg-motion make-fixture out/fixture-model --seed 0",
     "serve": ("examples:\n  irg-motion serve --stdio --model ~/models/irg-hml3d-stage3 --device cuda --precision nf4\n"
-              "  irg-motion serve --listen 127.0.0.1:7700 --model ~/models/irg-hml3d-stage3\n"
-              "  irg-motion serve --listen 0.0.0.0:7700 --token-file ~/.irg-token --model ~/models/irg-hml3d-stage3"),
+              "  irg-motion serve --http 127.0.0.1:7700 --model ~/models/irg-hml3d-stage3\n"
+              "  irg-motion serve --http 0.0.0.0:7700 --token-file ~/.irg-tokens --tls-cert cert.pem --tls-key key.pem \\\n"
+              "      --model ~/models/irg-hml3d-stage3"),
     "generate": ('examples:\n'
                  '  irg-motion generate "a person walks forward and waves" --model MODEL --out walk.npz\n'
                  '  irg-motion generate "a man jumps" --model MODEL --out jump.npz --mode direct --seed 3 '
