@@ -47,7 +47,7 @@ def cmd_all(args: argparse.Namespace) -> int:
     from .label_checks import supported_labels
 
     started = time.monotonic()
-    tokens, vq_dir = motion_stages.run(args.data, args.work, seed=args.seed, threads=args.threads or 1)
+    tokens, vq_dir = motion_stages.run(args.data, args.work, seed=args.seed, threads=args.threads or LLMConfig.threads)
     code = _lm(args, tokens, vq_dir, supported_labels())  # the labels a kinematic check can verify
     print(f"all stages: {time.monotonic() - started:.0f} s")
     return code
@@ -56,7 +56,7 @@ def cmd_all(args: argparse.Namespace) -> int:
 def _llm_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="the model folder to write")
     parser.add_argument("--seed", type=int, default=0, help="seed of everything (default 0)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default 1)")
+    parser.add_argument("--threads", type=int, default=None, help=f"torch threads (default {LLMConfig.threads})")
     parser.add_argument("--epochs", type=int, default=None, help=f"default {LLMConfig.epochs}")
     parser.add_argument("--examples-per-epoch", dest="examples_per_epoch", type=int, default=None,
                         help=f"default {LLMConfig.examples_per_epoch}")

@@ -33,14 +33,14 @@ class LLMConfig:
     kv_heads: int = 2
     head_dim: int = 64
     intermediate_size: int = 768
-    epochs: int = 3
+    epochs: int = 20
     examples_per_epoch: int = 2500
     batch_tokens: int = 3072
     lr: float = 3e-3
     warmup_steps: int = 60
     weight_decay: float = 0.01
     seed: int = 0
-    threads: int = 1
+    threads: int = 2
     bf16: bool = True
     eval_examples: int = 140   # held-out examples for the held-out loss
 

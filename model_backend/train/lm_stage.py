@@ -1,8 +1,9 @@
 """The language-model stage of the demo model: token clips + VQ-VAE folder -> a model folder.
 
 Input: `tokens.npz` of the motion stage (per clip: codebook indices, content and style
-labels, held-out flag) and its VQ-VAE folder. Steps: build the tokenizer on the captions
-and every fixed prompt string, train the LLM, write the model folder.
+labels, held-out flag) and its VQ-VAE folder. Steps: cut every training clip to a window
+whose decoded motion shows its label (`exemplars`), build the tokenizer on the captions and
+every fixed prompt string, train the LLM, write the model folder.
 """
 from __future__ import annotations
 
@@ -69,8 +70,11 @@ def run_lm_stage(clips: Sequence[T.Clip], vq_dir: str | Path, out_dir: str | Pat
                  progress: bool = True, labels: Sequence[str] | None = None) -> tuple[Path, dict[str, Any]]:
     """Tokenizer, training and folder for the clips of `labels` (default: every label in `clips`);
     returns (folder, the training summary written to the manifest)."""
+    from .exemplars import select_exemplars
+    from .vq_train import load_vq_codec
+
     started = time.monotonic()
-    clips = select_labels(clips, labels)
+    clips, shown = select_exemplars(select_labels(clips, labels), load_vq_codec(vq_dir))
     contents = sorted({c.content for c in clips})
     styles = sorted({c.style for c in clips})
     for name in contents:
@@ -81,6 +85,7 @@ def run_lm_stage(clips: Sequence[T.Clip], vq_dir: str | Path, out_dir: str | Pat
     model, generation, result = train_llm(tokenizer, clips, config, progress=progress)
     summary = {
         "clips": {"train": sum(c.split == "train" for c in clips), "held_out": sum(c.split != "train" for c in clips)},
+        "train_clips_showing_their_label": shown,
         "text_tokens": len(tokenizer) - 514, "steps": result.steps, "tokens_seen": result.tokens,
         "train_seconds": result.seconds, "final_loss": result.final_loss, "held_out_loss": result.eval_loss,
         "config": result.config,

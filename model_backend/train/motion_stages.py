@@ -13,7 +13,7 @@ from pathlib import Path
 __all__ = ["run"]
 
 
-def run(data: str | Path, work: str | Path, *, seed: int = 0, threads: int = 1) -> tuple[Path, Path]:
+def run(data: str | Path, work: str | Path, *, seed: int = 0, threads: int = 2) -> tuple[Path, Path]:
     """Run the motion stages into `work`; return (tokens.npz, the VQ-VAE folder)."""
     from . import dataset, vq_train
 
