@@ -3,7 +3,7 @@
 The folder holds the trained LLM (bf16 safetensors, a standard `from_pretrained` folder
 with the tokenizer), the VQ-VAE and mean/std of the motion stage, `manifest.json`, and
 `heldout_prompts.json` (label -> caption wordings never used in training, for the
-benchmarks). The manifest's `vocabulary` lists the content labels and styles the model
+benchmarks), a LICENSE (CC BY-NC 4.0, crediting the dataset) and a README model card. The manifest's `vocabulary` lists the content labels and styles the model
 knows and the words that name each label, so the engine can tell a user when a prompt
 names none of them. No `created_at`: the same seed and data give the same folder.
 """
@@ -21,12 +21,12 @@ from ..wire.manifest import FORMAT, FORMAT_VERSION, VQVAE_KEYS, created_by, make
 from ..rig_math.skeleton import HUMANML3D
 from ..llm.vocab import MotionVocab
 from . import captions as C
+from .card import DATASET_URL, license_text, model_card
 
 __all__ = ["write_model_folder", "vq_hparams", "vocabulary_entry", "HELDOUT_FILE", "DATASET_URL"]
 
 HELDOUT_FILE = "heldout_prompts.json"
 COMMAND = "train-demo"   # the manifest's created_by ends with it
-DATASET_URL = "https://github.com/BandaiNamcoResearchInc/Bandai-Namco-Research-Motiondataset"
 VQ_FILES = ("vqvae.safetensors", "mean.npy", "std.npy")
 
 
@@ -40,6 +40,12 @@ def vq_hparams(vq_dir: Path) -> dict[str, int]:
                 return {k: int(entry[k]) for k in VQVAE_KEYS if k != "file"}
     raise FileNotFoundError(f"{vq_dir} has no vqvae.json with the VQ-VAE's settings ({', '.join(VQVAE_KEYS[1:])}): "
                             "write it with the VQ-VAE stage (model_backend.train.vq_train)")
+
+
+def _vq_metrics(vq_dir: Path) -> dict[str, Any] | None:
+    """The VQ-VAE stage's metrics.json (held-out reconstruction, settings), when it wrote one."""
+    path = vq_dir / "metrics.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def vocabulary_entry(contents: Sequence[str], styles: Sequence[str]) -> dict[str, Any]:
@@ -89,6 +95,8 @@ def write_model_folder(out_dir: str | Path, *, llm: Any, generation: Any, tokeni
             "training": training,
         }
         write_manifest(work, manifest)
+        (work / "LICENSE").write_text(license_text(name), encoding="utf-8")
+        (work / "README.md").write_text(model_card(manifest, _vq_metrics(vq_dir)), encoding="utf-8")
         make_readable(work)
         swap_into_place(work, out_dir)
     except BaseException:

@@ -66,6 +66,11 @@ def test_one_short_epoch_writes_a_folder_the_engine_runs(bvh_dir, vq_dir, tmp_pa
     assert set(summary["held_out_loss"]) <= set(T.TASK_WEIGHTS) and summary["final_loss"] > 0
     held = json.loads((folder / HELDOUT_FILE).read_text())
     assert set(held) == {"walk", "run"} and all(len(v) == 6 for v in held.values())
+    licence = (folder / "LICENSE").read_text()
+    assert "CC BY-NC 4.0" in licence and "Bandai Namco Research Motion Dataset" in licence
+    card = (folder / "README.md").read_text()
+    assert "- `run`: runs, run" in card and "make demo-model DATA=" in card
+    assert f"{summary['steps']} steps" in card and "| walk | 0 of" in card  # the fixture VQ-VAE shows no walk
     from safetensors import safe_open
     with safe_open(str(folder / "llm" / "model.safetensors"), "pt") as f:
         assert {str(f.get_slice(k).get_dtype()) for k in f.keys()} == {"BF16"}
