@@ -9,7 +9,7 @@ VENV_BPY50   := .venv-bpy50
 VENV_BPY45   := .venv-bpy45
 VENV_VLLM    := .venv-vllm
 VLLM_VER     := 0.32.0
-PROMPT      ?= a person walks forward and waves with the right hand
+PROMPT      ?=
 FIXTURE_DIR := out/fixture-model
 
 # Tests never write to the user's config or reach a hub.
@@ -88,7 +88,7 @@ fuzz: $(VENV_BACKEND)/.ok
 # The real pipeline, headless: Blender (bpy 5.0) + the backend subprocess.
 # The model: IRG_MODEL_DIR when set, else the demo model shipped in presets/models/ (tools/demo.py).
 demo: envs
-	$(VENV_BPY50)/bin/python tools/demo.py --prompt "$(PROMPT)" \
+	$(VENV_BPY50)/bin/python tools/demo.py $(if $(PROMPT),--prompt "$(PROMPT)") \
 	  --backend-python "$(CURDIR)/$(VENV_BACKEND)/bin/python" --out out/demo.blend
 
 # The demo model (presets/models/irg-tiny) rebuilt from the public Bandai Namco Research Motion

@@ -15,11 +15,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# What `make demo` asks for when PROMPT is not given, and the content label its motion shows
+# (tests/e2e/test_demo_motion.py checks it with that label's kinematic check).
+DEFAULT_PROMPT = "a person walks forward"
+DEFAULT_LABEL = "walk"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--prompt", required=True)
+    p.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"what to animate (default {DEFAULT_PROMPT!r})")
     p.add_argument("--model", default=None,
                    help="model folder (default: $IRG_MODEL_DIR, else the demo model in presets/models)")
     p.add_argument("--backend-python", required=True)
