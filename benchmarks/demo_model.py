@@ -116,30 +116,32 @@ def read_prompts(path: Path) -> list[tuple[str, str]]:
     raise SystemExit(f"{path}: expected a list of {{'label', 'prompt'}} objects or a {{label: [prompts]}} object")
 
 
-def run_one(engine: Any, prompt: str, mode: str, seed: int) -> dict[str, Any]:
-    """One greedy generation: the motions' tokens, time to the first motion token, total time."""
+def run_one(engine: Any, prompt: str, mode: str, seed: int, temperature: float = 0.0) -> dict[str, Any]:
+    """One generation (greedy at temperature 0): the motions' tokens, time to the first motion token, total time."""
     events: list[tuple[float, dict]] = []
     start = time.perf_counter()
-    engine.generate(prompt, mode=mode, seed=seed, emit=lambda e: events.append((time.perf_counter(), e)),
-                    cancel=threading.Event())
+    engine.generate(prompt, mode=mode, seed=seed, temperature=temperature,
+                    emit=lambda e: events.append((time.perf_counter(), e)), cancel=threading.Event())
     first = next((t for t, e in events if e["event"] == "motion_tokens"), None)
     return {"motions": [e["tokens"] for _, e in events if e["event"] == "motion"],
             "first_token_s": None if first is None else first - start,
             "total_s": events[-1][0] - start if events else time.perf_counter() - start}
 
 
-def generation(model_dir: Path, prompts: list[tuple[str, str]], modes: list[str], seed: int) -> None:
+def generation(model_dir: Path, prompts: list[tuple[str, str]], modes: list[str], seed: int,
+               temperature: float = 0.0) -> None:
     from model_backend.llm.engine import Engine
 
     engine = Engine(model_dir, device="cpu")
-    print(f"\n### Generated motion vs its label ({len(prompts)} held-out wordings, greedy, seed {seed}, "
+    how = "greedy" if temperature == 0 else f"sampled at temperature {temperature}"
+    print(f"\n### Generated motion vs its label ({len(prompts)} held-out wordings, {how}, seed {seed}, "
           f"{engine.llm.precision})\n")
     summary = []
     for mode in modes:
         results: dict[str, list[tuple[bool, bool]]] = {}
         first_s, total_s = [], []
         for label, prompt in prompts:
-            out = run_one(engine, prompt, mode, seed)
+            out = run_one(engine, prompt, mode, seed, temperature)
             if not out["motions"]:
                 results.setdefault(label, []).append((False, False))
                 continue
@@ -177,16 +179,20 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=["interleaved", "direct"])
     parser.add_argument("--per-label", type=int, default=None, help="use at most N wordings per label")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="0 = greedy (default); above 0 samples, so first attempts vary and refinement shows")
+    parser.add_argument("--skip-motion-side", action="store_true",
+                        help="only the generation tables (no reconstruction or real-clip check tables)")
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(1)
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch threads 1; "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    motion = load_cache(args.cache)
-    codec = load_codec(args.model_dir)
-    recon = reconstruction(codec, motion)
-    check_table(motion, recon)
+    if not args.skip_motion_side:
+        motion = load_cache(args.cache)
+        codec = load_codec(args.model_dir)
+        check_table(motion, reconstruction(codec, motion))
 
     prompts_path = args.prompts or args.model_dir / "heldout_prompts.json"
     if not (args.model_dir / "manifest.json").is_file() or not (args.model_dir / "llm").is_dir():
@@ -203,7 +209,7 @@ def main() -> None:
     if not prompts:
         print(f"\n(generation skipped: {prompts_path} has no wording for a checked label)")
         return
-    generation(args.model_dir, prompts, args.modes, args.seed)
+    generation(args.model_dir, prompts, args.modes, args.seed, args.temperature)
 
 
 if __name__ == "__main__":
