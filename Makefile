@@ -74,7 +74,7 @@ bench-serve: $(VENV_BACKEND)/.ok $(VENV_VLLM)/.ok
 
 # Unit tests in the backend environment; Blender and end-to-end tests on both Blender versions.
 # The bpy environments hold no torch: the e2e tests spawn the backend environment's Python.
-PYTEST_FLAGS ?= -q -p no:cacheprovider
+PYTEST_FLAGS ?= -q -p no:cacheprovider --tb=short
 test: envs
 	$(VENV_BACKEND)/bin/python -m pytest $(PYTEST_FLAGS) tests/unit
 	$(VENV_BPY50)/bin/python -m pytest $(PYTEST_FLAGS) tests/blender tests/e2e

@@ -3,6 +3,7 @@ the job's pump(), versions and their metadata, frame counts, backend reuse, the 
 from __future__ import annotations
 
 import json
+import signal
 
 import bpy
 import numpy as np
@@ -157,7 +158,9 @@ def test_unregister_stops_the_backend(scene, addon_prefs, generate):
     assert backend.state == "ready" and proc.poll() is None
     irg_blender_addon.unregister()
     try:
-        assert proc.poll() == 0  # asked to shut down, and it did
+        # Asked to shut down, it exits 0; on a loaded machine its teardown can outlast stop()'s
+        # 2 s, and then the terminate step ends it. Either way nothing is left running.
+        assert proc.poll() in (0, -signal.SIGTERM), proc.poll()
         assert backend.state == "stopped" and registry.running_clients() == []
     finally:
         irg_blender_addon.register()  # the module's fixture unregisters at its end
