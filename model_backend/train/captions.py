@@ -29,7 +29,7 @@ __all__ = ["Label", "Style", "LABELS", "STYLES", "FAMILIES", "verb_forms", "labe
 
 # ---------------------------------------------------------------- verbs
 
-_DOUBLE = {"run", "jog", "step", "stop", "skip", "swing", "hop", "trot"}  # run -> running
+_DOUBLE = {"run", "jog", "step", "stop", "skip", "swing", "hop", "trot", "put"}  # run -> running
 _IRREGULAR_THIRD = {"do": "does", "go": "goes"}
 
 
@@ -224,6 +224,10 @@ def _progressive(s: str, p: Phrase, m: str, a: str | None) -> str:  # a man is w
     return f"{s} is {p.gerund} {m}".strip()
 
 
+def _wants(s: str, p: Phrase, m: str, a: str | None) -> str:      # a tired man wants to walk forward
+    return f"{_styled_subject(s, a)} wants to {p.base}"
+
+
 def _seconds(s: str, p: Phrase, m: str, a: str | None) -> str:    # held out
     return f"{s} {p.third} {m} for a few seconds".replace("  ", " ")
 
@@ -236,7 +240,9 @@ def _decides(s: str, p: Phrase, m: str, a: str | None) -> str:    # held out
     return f"{_styled_subject(s, a)} decides to {p.base}"
 
 
-TRAIN_FRAMES: tuple[Frame, ...] = (_after, _before, _adjective, _progressive)
+# Every verb form appears in training (the base form in `_wants`): held-out frames are new
+# sentences around words the model knows, not words it never read.
+TRAIN_FRAMES: tuple[Frame, ...] = (_after, _before, _adjective, _progressive, _wants)
 HELD_OUT_FRAMES: tuple[Frame, ...] = (_seconds, _we_see, _decides)
 
 

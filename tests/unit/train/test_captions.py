@@ -76,3 +76,21 @@ def test_some_training_captions_carry_made_up_words_but_descriptions_never_do():
     assert 0.2 < len(noisy) / len(captions) < 0.4
     assert all(any(k in c.split() for k in C.keywords("run")) for c in noisy)  # the action is always kept
     assert all(set(C.describe("run", "tired", rng)[:-1].lower().split()) <= known for _ in range(100))
+
+
+def test_every_verb_form_of_a_held_out_caption_is_seen_in_training():
+    """Held-out frames are new sentences, not new words: the base, third-person and gerund
+    forms of every phrase occur in some training caption."""
+    import random as _random
+
+    train = " ".join(C.all_captions(["run", "raise-up-left-hand"], ["normal", "tired"])).split()
+    words = set(train)
+    rng = _random.Random(0)
+    for content in ("run", "raise-up-left-hand"):
+        for _ in range(40):
+            held = C.caption(content, rng.choice(["normal", "tired"]), rng, held_out=True)
+            unknown = {w for w in held.split() if w not in words} - {"decides", "to", "we", "see", "for", "few",
+                                                                     "seconds", "guy", "somebody", "actor",
+                                                                     "character"}
+            assert not unknown, (held, unknown)
+    assert "putting" in words and "puting" not in words
