@@ -12,8 +12,8 @@ tail, and whether a second greedy run gives the same tokens.
 
 Usage (the backend environment's Python):
     .venv-backend/bin/python benchmarks/extend.py [--model DIR] [--seconds 4]
-Without --model a fixture model (untrained: its continuation is noise) is built in a
-temporary folder and deleted.
+Without --model: $IRG_MODEL_DIR, else the demo model in presets/models, else a fixture
+model (untrained: its continuation is noise) built in a temporary folder and deleted.
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ import numpy as np  # noqa: E402
 
 from model_backend.llm.engine import Engine  # noqa: E402
 from model_backend.convert.fixture import make_fixture  # noqa: E402
+from model_backend.wire.manifest import resolve_model_dir  # noqa: E402
 from model_backend.wire.protocol import decode_array  # noqa: E402
 from model_backend.rig_math.seam import join, seam_report, tail_slice  # noqa: E402
 from model_backend.rig_math.skeleton import to_blender  # noqa: E402
@@ -59,7 +60,7 @@ def main() -> None:
     args = parser.parse_args()
     temp = Path(tempfile.mkdtemp(prefix="irg-extend-"))
     try:
-        model = args.model or make_fixture(temp / "fixture", seed=0)
+        model = resolve_model_dir(args.model) or make_fixture(temp / "fixture", seed=0)
         engine = Engine(model, device="cpu", precision="fp32")
         rate = float(engine.codec.fps)
         source = to_blender(np.load(args.source)).astype(np.float64)

@@ -7,8 +7,8 @@
 - compare.png: that version beside a ghost playing a second one (momask_000612);
 - contact-sheet.png: the contact sheet of a three-prompt batch, one of them failed;
 - extend.png: the strip of an extended version: the clip, then the model's continuation
-  (made with `irg-motion extend`; without --model a fixture model is built, whose
-  continuation is noise: the picture then shows the join, not good motion).
+  (made with `irg-motion extend`, by default with the demo model in presets/models; where
+  that is absent a fixture model is built, whose continuation is noise).
 The motions come from ../shared (IRG_SHARED_DIR); nothing is drawn by hand.
 """
 from __future__ import annotations
@@ -37,6 +37,7 @@ from model_backend.motion.features import features_to_joints  # noqa: E402
 
 SHARED = Path(os.environ.get("IRG_SHARED_DIR", ROOT.parent / "shared")) / "data" / "humanml3d"
 GHOST_COLOR = (0.45, 0.7, 1.0, 1.0)
+EXTEND_PROMPT = "then the person keeps walking"  # the demo model continues the action it is given
 
 
 def _render(versions: list[bpy.types.Action], sheet: dict | None = None) -> None:
@@ -73,7 +74,7 @@ def _extend(clip: np.ndarray, python: str, model: str, temp: Path) -> np.ndarray
     source, out = temp / "clip.npy", temp / "extended.npz"
     np.save(source, clip.astype(np.float32))
     run = subprocess.run([python, "-m", "model_backend", "extend", "--model", model, "--joints", str(source),
-                          "then the person sits down", "--seconds", "4", "--mode", "direct", "--out", str(out),
+                          EXTEND_PROMPT, "--seconds", "4", "--mode", "direct", "--out", str(out),
                           "--device", "cpu"], capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     if run.returncode != 0:
         sys.exit(f"irg-motion extend failed:\n{run.stderr[-3000:]}")
@@ -108,14 +109,16 @@ def main() -> None:
                  "failed": True}]
         _render([walk, second], sheet={"out": str(args.out / "contact-sheet.png"), "title": "guide.blend: 3 prompts",
                                        "rows": rows})
-        model = args.model
+        from model_backend.wire.manifest import resolve_model_dir
+
+        model = resolve_model_dir(args.model)
         if model is None:
             model = str(temp / "fixture")
             subprocess.run([args.backend_python, "-m", "model_backend", "make-fixture", model], check=True,
                            capture_output=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
         longer = actions.write_version(armature, skeleton.to_blender(_extend(clip, args.backend_python, model,
                                                                               temp)),
-                                       prompt="then the person sits down", parent=walk, source="extend")
+                                       prompt=EXTEND_PROMPT, parent=walk, source="extend")
         _render([longer])
         shutil.copyfile(thumbnails.thumb_path(longer), args.out / "extend.png")
         for path in sorted(args.out.glob("*.png")):

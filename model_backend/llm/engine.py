@@ -78,6 +78,16 @@ MEMORY_MARGIN = 1.25       # the memory estimate of a sequence, times this, must
 GENERIC_INSTRUCTION = "Improve the alignment between the motion and the goal text."
 
 
+
+def _new_codes_floor(prefix: int, max_motion_tokens: int) -> int:
+    """Codes a motion span must hold beyond its forced prefix before it may close.
+
+    An extension gets at least half the room it asked for: left free, a model may close
+    the span a few codes after the forced tail, a twitch instead of the asked seconds."""
+    if not prefix:
+        return MIN_MOTION_TOKENS
+    return max(MIN_MOTION_TOKENS, (max_motion_tokens - prefix) // 2)
+
 class EngineError(Exception):
     """A request the engine cannot serve; `code` is a protocol error code, `message` says what to do."""
 
@@ -614,8 +624,8 @@ class Engine:
             self._feed(parser, decoder, token)
         prefix = req.prefix if policy.max_motions > 0 else ()
         constraint = MotionConstraint(self.vocab, max_motion_tokens=max_motion_tokens,
-                                      min_motion_tokens=MIN_MOTION_TOKENS, allow_open=policy.max_motions > 0,
-                                      prefix=prefix)
+                                      min_motion_tokens=_new_codes_floor(len(prefix), max_motion_tokens),
+                                      allow_open=policy.max_motions > 0, prefix=prefix)
         motions: list[MotionSpan] = []
         assessments: list[Assessment] = []
 

@@ -464,7 +464,7 @@ def test_prefix_tokens_start_the_direct_motion_and_greedy_is_deterministic(engin
     check_events(first)
     motion = first.of("motion")[0]
     assert motion["tokens"][:len(TAIL)] == TAIL and motion["prefix"] == len(TAIL)
-    assert len(TAIL) + 2 <= len(motion["tokens"]) <= 20
+    assert len(TAIL) + 5 <= len(motion["tokens"]) <= 20  # at least half the 10 new codes asked for
     again = run(engine.generate, PROMPT, mode="direct", prefix_tokens=TAIL, max_motion_tokens=20)
     assert again.of("motion")[0]["tokens"] == motion["tokens"]
     plain = run(engine.generate, PROMPT, mode="direct", max_motion_tokens=20)
@@ -477,11 +477,21 @@ def test_prefix_tokens_start_every_span_of_a_trace(engine, scripted):
                    "[/generate]", "\n", "[plan]", P.PLAN_ASSESS, "[/plan]", "\n", "[assess]",
                    "Assessment: Stiff.\nRefinement: Bend the knees.", "[/assess]", "\n", "[plan]", P.PLAN_REFINE,
                    "[/plan]", "\n", "[generate]", [7, 8, 9, 10, 11, 12], "[/generate]", "\n", "</think>")
-    rec = run(scripted(trace).generate, PROMPT, prefix_tokens=[400, 401])
+    rec = run(scripted(trace).generate, PROMPT, prefix_tokens=[400, 401], max_motion_tokens=10)
     check_events(rec)
     # the model's own first two codes of each span are replaced by the forced ones; it carries on after them
     assert [m["tokens"] for m in rec.of("motion")] == [[400, 401, 3, 4, 5, 6], [400, 401, 9, 10, 11, 12]]
     assert [a["refinement"] for a in rec.of("assessment")] == ["Bend the knees."]
+
+
+def test_an_extension_may_not_close_before_half_the_asked_length(engine, scripted):
+    tok = engine.tokenizer
+    closes_early = pieces(tok, "<think>", "[plan]", P.PLAN_GENERATE, "[/plan]", "\n", "[generate]", [1, 2, 3, 4],
+                          "[/generate]", "\n", "</think>")  # 2 new codes after the forced 2
+    rec = run(scripted(closes_early).generate, PROMPT, prefix_tokens=[400, 401], max_motion_tokens=30)
+    check_events(rec)
+    tokens = rec.of("motion")[0]["tokens"]
+    assert tokens[:4] == [400, 401, 3, 4] and len(tokens) >= 2 + 14  # `</Motion>` masked until 14 new codes
 
 
 def test_prefix_tokens_are_checked(engine):
