@@ -45,11 +45,6 @@ PREVIEW_MARK = "irg_preview"     # custom property on the provisional Action
 PREVIEW_INTERVAL = 0.25          # seconds between two preview writes (the backend sends one per 8 tokens)
 
 
-PREVIEW_NAME = "~preview"
-PREVIEW_MARK = "irg_preview"     # custom property on the provisional Action
-PREVIEW_INTERVAL = 0.25          # seconds between two preview writes (the backend sends one per 8 tokens)
-
-
 @dataclass
 class _PendingVersion:
     """A motion whose channels are being solved; written as a version once they are."""
