@@ -210,6 +210,22 @@ class ConvertJob(SubprocessJob):
         return (f"Converting the model failed ({self.stage.lower()}): {reason}\n\nLast lines of the log:\n"
                 f"{self.log_tail(15)}")
 
+    def _finish(self, state: str, error: str | None = None) -> None:
+        """As ProcessJob; a cancel that came after the converter had renamed the finished folder into
+        place ends the job done (the model is there, complete), not cancelled."""
+        late = state == "cancelled" and self._converted()
+        super()._finish("done" if late else state, error)
+        if late:
+            self.result = str(self.out_dir)
+
+    def _converted(self) -> bool:
+        """True when out_dir holds a model folder this job wrote (the converter renames it into place last)."""
+        manifest = self.out_dir / "manifest.json"
+        try:
+            return manifest.is_file() and manifest.stat().st_mtime >= self._started - 1
+        except OSError:
+            return False
+
     def _remove_work_folders(self) -> None:
         """The converter removes its temporary folder when it stops; after a kill it cannot."""
         parent = self.out_dir.parent

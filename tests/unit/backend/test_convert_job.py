@@ -137,6 +137,9 @@ def test_cancel_stops_the_converter_and_leaves_nothing(backend_python, pieces):
     time.sleep(0.5)
     job.cancel()
     pump_to_end(job, 20)
+    if job.state == "done":  # on a loaded machine the cancel can come after the finished folder was renamed in
+        assert job.result == str(out) and (out / "manifest.json").is_file() and not _leftovers(out)
+        return
     assert job.state == "cancelled" and job.result is None and job.error is None and job.pid is None
     assert not out.exists() and not _leftovers(out)
 
