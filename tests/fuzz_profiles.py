@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, settings
 
 LONG = os.environ.get("IRG_FUZZ") == "long"
 # Cases per fuzz test: (ci, long).
-CASES = {"requests": (60, 1000), "folders": (20, 300), "checkpoints": (8, 100), "metadata": (200, 20000)}
+CASES = {"requests": (60, 1000), "folders": (20, 300), "checkpoints": (8, 100), "metadata": (200, 20000), "http": (80, 1000)}
 
 
 def fuzz_settings(name: str) -> settings:

@@ -24,6 +24,17 @@ STEP_S = 30.0
 MEMORY_LIMIT = 3 << 30
 
 
+def peak_memory_kb(pid: int) -> int:
+    """A live process's peak resident memory (VmHWM, kB); 0 once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def limit_memory(limit: int) -> Callable[[], None]:
     """A preexec_fn: cap the child's address space at `limit` bytes (RLIMIT_AS)."""
     def apply() -> None:
@@ -123,12 +134,7 @@ class StdioServer:
 
     def memory_kb(self) -> int:
         """The process's peak resident memory so far (VmHWM, kB); also kept in `peak_kb`."""
-        try:
-            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    self.peak_kb = max(self.peak_kb, int(line.split()[1]))
-        except OSError:
-            pass
+        self.peak_kb = max(self.peak_kb, peak_memory_kb(self.proc.pid))
         return self.peak_kb
 
     def check_healthy(self, tag: str = "health") -> None:
