@@ -39,6 +39,7 @@ MODES = (("interleaved", "Reason & refine", "The model analyses the prompt, gene
           "(each refinement becomes a version)"),
          ("direct", "Direct", "One motion, no reasoning trace (fastest)"))
 
+MAX_BATCH_PARALLEL = 16
 ENV_PYTHON = "IRG_BACKEND_PYTHON"
 ENV_MODEL = manifest.MODEL_ENV
 ENV_SERVER_URL = "IRG_SERVER_URL"
@@ -63,6 +64,7 @@ class Settings:
     server_url: str = ""
     server_token: str = field(default="", repr=False)  # never in a repr, a log or a status line
     thumbnails: bool = True       # render a strip of each new version (jobs/thumbnails.py)
+    batch_parallel: int = 0       # a batch's prompts in flight on a server; 0: 4 when it batches, else 1
 
     @property
     def remote(self) -> bool:
@@ -133,6 +135,8 @@ def _checked(s: Settings) -> Settings:
         raise ValueError(f"max_trace_tokens must be 1..8192, not {s.max_trace_tokens}")
     if not 0.0 <= s.temperature <= 2.0 or not 0.0 < s.top_p <= 1.0:
         raise ValueError(f"temperature must be 0..2 and top_p in (0, 1], not {s.temperature}, {s.top_p}")
+    if not 0 <= s.batch_parallel <= MAX_BATCH_PARALLEL:
+        raise ValueError(f"batch_parallel must be 0 (automatic) .. {MAX_BATCH_PARALLEL}, not {s.batch_parallel}")
     if s.seed is not None and s.seed < 0:
         raise ValueError(f"seed must be >= 0 or None, not {s.seed}")
     return s

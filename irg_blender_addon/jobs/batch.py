@@ -6,7 +6,9 @@
   commas in a prompt). Blank lines and lines starting with # are skipped; length is in
   seconds (the longest the motion may be; one motion token is 0.2 s at 20 fps).
 - `BatchJob`: pump()-driven like generate.GenerateJob, and runs one GenerateJob per item
-  (composition), one item at a time. The list lives on the scene (`scene.irg_batch`,
+  (composition): one item at a time on the local backend; on a server several at once
+  (`parallel_limit`: 4 when it batches concurrent requests, or the batch_parallel
+  setting), through one shared client (backend/shared.py). The list lives on the scene (`scene.irg_batch`,
   ui/batch.py, saved in the .blend): each item's status, error, Action and strip name
   are written the moment they change, so saving mid-batch loses nothing; "Bake
   unfinished" goes on from a saved file. A failed item is skipped with its error kept;
@@ -32,6 +34,7 @@ from .. import props
 from ..anim import actions, compat
 from ..backend import registry
 from ..backend.base import BackendError
+from ..backend.shared import SharedClient
 from ..core import manifest, skeleton
 from ..rig import armature as rig
 from ..settings import get_settings
@@ -47,6 +50,7 @@ SEED_MAX = 2**31 - 1                 # seeds are stored in an IntProperty
 MIN_TOKENS, MAX_TOKENS = 2, 50       # docs/protocol.md: max_motion_tokens 2..50
 DEFAULT_FPS = 20.0                   # HumanML3D; the model folder's manifest says when it differs
 COLUMNS = ("prompt", "seed", "length")
+AUTO_PARALLEL = 4                    # prompts in flight on a server that batches, when not set
 
 
 class BatchError(RuntimeError):
@@ -308,7 +312,8 @@ def _ensure_slot(strip, action: bpy.types.Action, armature: bpy.types.Object) ->
 # -- the job -----------------------------------------------------------------------------------
 
 class BatchJob:
-    """Bake the items `uids` of scene `scene_name`'s batch list, one GenerateJob at a time.
+    """Bake the items `uids` of scene `scene_name`'s batch list: one GenerateJob per item, up to
+    `parallel_limit` of them at once.
 
     Duck-types the jobs of jobs/base.py for base.manager (start, pump, cancel, fail, running,
     state, status, error, progress, action_names, kind, edits, edit_message), so the
@@ -332,9 +337,9 @@ class BatchJob:
         self.action_names: list[str] = []
         self.baked = 0
         self.failed: list[tuple[str, str]] = []  # (prompt, error) in order
-        self.position = 0  # 1-based number of the item being baked
-        self.current: GenerateJob | None = None
-        self.current_uid = ""
+        self.position = 0  # 1-based number of the last item started
+        self.jobs: dict[str, GenerateJob] = {}  # uid -> the running job of that item, in start order
+        self._shared: dict[int, SharedClient] = {}  # id(client) -> the client the jobs share
         self.previous_action: str | None = None
         self.edit_message = ""
         self._edits = 0  # scene changes of finished items and layouts (the UI pushes an undo step each)
@@ -357,12 +362,24 @@ class BatchJob:
     @property
     def edits(self) -> int:
         """Scene changes so far: the items' versions and the strip layouts."""
-        return self._edits + (getattr(self.current, "edits", 0) if self.current is not None else 0)
+        return self._edits + sum(getattr(job, "edits", 0) for job in self.jobs.values())
 
     @property
     def client(self):
-        """The backend of the item being baked (None between items)."""
-        return self.current.client if self.current is not None else None
+        """The backend of the items being baked (None between items)."""
+        return next((job.client for job in self.jobs.values()), None)
+
+    @property
+    def parallel_limit(self) -> int:
+        """How many items may run at once: 1 on the local backend (it serves one request at a
+        time) and until the batch has its armature; on a server the batch_parallel setting,
+        else AUTO_PARALLEL when the server says it batches concurrent requests, else 1."""
+        settings = get_settings(**self.overrides)
+        if not settings.remote or self.armature_name is None:
+            return 1
+        if settings.batch_parallel:
+            return settings.batch_parallel
+        return AUTO_PARALLEL if getattr(self.client, "batching", False) else 1
 
     def start(self) -> None:
         """Remember the armature's active Action (restored after each item) and start the first item."""
@@ -381,17 +398,17 @@ class BatchJob:
             running = self._pump_sheet()
             self._publish()
             return running
-        job = self.current
-        if job is not None:
+        for uid, job in list(self.jobs.items()):
             try:
                 job.pump(max_events)
             except Exception as exc:  # one item's failure is not the batch's (fail() also stops its request)
                 job.fail(f"Internal error while applying the backend's events: {exc}")
-            if not job.running:
-                self._end_item()
-        if self.running and self.current is None:
+            if not job.running and self.running:
+                self._end_item(uid)
+        if self.running:
             if self._cancelling:
-                self._finish_cancelled()
+                if not self.jobs:
+                    self._finish_cancelled()
             else:
                 self._next()
         self._publish()
@@ -403,31 +420,40 @@ class BatchJob:
         if not self.running:
             return
         self._cancelling = True
-        if self.current is not None:
-            self.current.cancel()
+        for job in list(self.jobs.values()):
+            job.cancel()
+        if self.jobs:
             self.status = f"Cancelling at {self.position} of {self.total}..."
         else:
             self._finish_cancelled()
         self._publish()
 
     def fail(self, message: str) -> None:
-        """End the batch with an error (the item being baked is marked failed)."""
-        if self.current is not None:
-            job, self.current = self.current, None
+        """End the batch with an error (the items being baked are marked failed)."""
+        for uid, job in self._take_jobs():
             job.cancel()
-            item = self._item(self.current_uid)
+            item = self._item(uid)
             if item is not None:
                 item.status, item.error = "FAILED", message
-            self._restore_active()
+        self._restore_active()
         self.error = message
         self._end("error", message)
 
     def abandon(self) -> None:
         """Stop at once without touching the file (another file is being loaded)."""
-        if self.current is not None:
-            self.current.cancel()  # the backend stops the request; its late events are ignored
-            self.current = None
+        for _uid, job in self._take_jobs():
+            job.cancel()  # the backend stops the request; its late events are ignored
         self._end("cancelled", "Cancelled: another file was opened.")
+
+    def _take_jobs(self) -> list[tuple[str, GenerateJob]]:
+        taken, self.jobs = list(self.jobs.items()), {}
+        for _uid, job in taken:
+            self._release(job)
+        return taken
+
+    def _release(self, job: GenerateJob) -> None:
+        for shared in self._shared.values():
+            shared.release(job.client)
 
     # -- items -------------------------------------------------------------------------------
 
@@ -446,8 +472,8 @@ class BatchJob:
         return obj if obj is not None and obj.type == "ARMATURE" else None
 
     def _next(self) -> None:
-        """Start the next item; items that cannot start fail at once and the batch moves on."""
-        while self.running and self.current is None and self._index < len(self.uids):
+        """Start items up to the parallel limit; items that cannot start fail at once and the batch moves on."""
+        while self.running and len(self.jobs) < self.parallel_limit and self._index < len(self.uids):
             uid = self.uids[self._index]
             self._index += 1
             self.position = self._index
@@ -458,20 +484,24 @@ class BatchJob:
             item = self._item(uid)
             if item is not None:  # None: removed from the list meanwhile
                 self._start_item(item)
-        if self.running and self.current is None:
+        if self.running and not self.jobs:
             self._finish()
 
     def _start_item(self, item) -> None:
         item.status, item.error, item.action, item.strip = "RUNNING", "", None, ""
+        job = None
         try:
             settings = self._item_settings(item)
             backend = registry.client_for(settings)
-            job = GenerateJob(backend, self.armature_name, item.prompt, settings)
+            shared = self._shared.setdefault(id(backend), SharedClient(backend))
+            job = GenerateJob(shared.view(), self.armature_name, item.prompt, settings)
             job.start()
         except (ValueError, BackendError) as exc:
+            if job is not None:
+                self._release(job)
             self._item_failed(item, str(exc))
             return
-        self.current, self.current_uid = job, item.uid
+        self.jobs[item.uid] = job
 
     def _item_settings(self, item):
         if not item.prompt.strip():
@@ -483,8 +513,9 @@ class BatchJob:
             overrides["max_motion_tokens"] = length_tokens(item.length, self.fps)
         return get_settings(**overrides)
 
-    def _end_item(self) -> None:
-        job, self.current = self.current, None
+    def _end_item(self, uid: str) -> None:
+        job = self.jobs.pop(uid)
+        self._release(job)
         made = bpy.data.objects.get(job.armature_name) if job.armature_name and not self.armature_name else None
         if made is not None:  # the default rig the first item made (and kept): the batch's from now on
             self.armature_name = made.name
@@ -493,7 +524,7 @@ class BatchJob:
         self.action_names.extend(job.action_names)
         self._edits += getattr(job, "edits", 0)
         self._restore_active()
-        item = self._item(self.current_uid)
+        item = self._item(uid)
         if item is None:
             return
         if job.state == "done" and job.action_names:
@@ -590,6 +621,11 @@ class BatchJob:
                                "the list (Bake Unfinished goes on).")
 
     def _end(self, state: str, status: str, summary: str | None = None) -> None:
+        for uid, job in self._take_jobs():  # items still in flight go back to the list, unbaked
+            job.cancel()
+            item = self._item(uid)
+            if item is not None and item.status == "RUNNING":
+                item.status = "PENDING"
         self.state, self.status = state, status
         self.summary = summary or status
         if state == "error":
@@ -599,13 +635,14 @@ class BatchJob:
     def _publish(self) -> None:
         """Mirror the batch onto the WindowManager's runtime properties for the panel."""
         if self.running:
-            job = self.current
-            done = self._index - (1 if job is not None else 0)
-            self.progress = min(1.0, (done + (job.progress if job is not None else 0.0)) / max(1, self.total))
-            if job is not None and not self._cancelling:
-                item = self._item(self.current_uid)
+            done = self._index - len(self.jobs)
+            self.progress = min(1.0, (done + sum(job.progress for job in self.jobs.values())) / max(1, self.total))
+            if self.jobs and not self._cancelling:
+                uid, job = next(iter(self.jobs.items()))  # the earliest item still running
+                item = self._item(uid)
                 prompt = item.prompt if item is not None else ""
-                self.status = f"{self.position} of {self.total}: {prompt!r}: {job.status}"
+                more = f" (and {len(self.jobs) - 1} more in flight)" if len(self.jobs) > 1 else ""
+                self.status = f"{self.position} of {self.total}: {prompt!r}: {job.status}{more}"
         rt = props.runtime()
         if rt is None:
             return
@@ -692,7 +729,8 @@ def bake_batch(armature, prompts, *, timeout: float = 3600.0, **options) -> list
     scene's batch list (saved with the file, as a batch started from the panel). armature: an
     Object, a name, or None (the target armature, else a default rig). options: the layout
     (track, frame_start, gap, blend_in, blend_out) and the keyword overrides of api.generate
-    (model_dir, backend_python, device, precision, mode, rounds, max_motion_tokens, ...).
+    (model_dir, backend_python, device, precision, mode, rounds, max_motion_tokens, ...) and
+    batch_parallel (prompts in flight on a server; 0: 4 when it batches, else 1).
     A prompt that fails is skipped and listed (status 'failed', error); returns one ItemResult
     per prompt, in order. Raises ValueError/TypeError (bad input), BackendError (backend or
     model missing), api.GenerationError (the batch itself stopped) or TimeoutError."""

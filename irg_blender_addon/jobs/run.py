@@ -13,7 +13,7 @@ OPTION_NAMES = {"model_dir": "model_dir", "backend_python": "backend_python", "d
                 "precision": "precision", "mode": "mode", "rounds": "max_rounds",
                 "max_motion_tokens": "max_motion_tokens", "max_trace_tokens": "max_trace_tokens",
                 "temperature": "temperature", "top_p": "top_p",
-                "seed": "seed", "thumbnails": "thumbnails"}
+                "seed": "seed", "thumbnails": "thumbnails", "batch_parallel": "batch_parallel"}
 
 
 class GenerationError(RuntimeError):

@@ -10,7 +10,7 @@ from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, St
 
 from ..registration import register_classes, unregister_classes
 from ..backend import token_store
-from ..settings import ADDON_ID, DEVICES, MODES, PRECISIONS, default_model_text, env_dir_text
+from ..settings import ADDON_ID, DEVICES, MAX_BATCH_PARALLEL, MODES, PRECISIONS, default_model_text, env_dir_text
 from .backend import draw_backend_status, draw_task
 
 TORCH_BUILDS = (("auto", "Auto", "The CUDA build when an NVIDIA GPU is found, else the CPU build"),
@@ -78,6 +78,12 @@ class IRG_AddonPreferences(bpy.types.AddonPreferences):
                                          "after a batch) in a background Blender process; cached beside the "
                                          ".blend")
 
+    batch_parallel: IntProperty(
+        name="Batch Requests in Flight", default=0, min=0, max=MAX_BATCH_PARALLEL,
+        description="How many of a batch's prompts are sent to the server at once. 0: automatic, 4 when the "
+                    "server batches concurrent requests (vLLM engine), else 1. Raise it for several servers "
+                    "behind a load balancer. The local backend bakes one at a time")
+
     def draw(self, context):
         draw_preferences(self.layout, self)
 
@@ -101,6 +107,7 @@ def draw_preferences(layout, p) -> None:
                   "No OS keyring here (install the keyring package into Blender's Python): the token is kept "
                   "in Blender's user preferences.", icon="LOCKED")
         box.label(text="Generation runs on the server; the local backend settings are not used.", icon="URL")
+        box.prop(p, "batch_parallel")
     else:
         _draw_local(box, p)
     draw_task(box)

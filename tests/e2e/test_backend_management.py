@@ -14,6 +14,7 @@ import time
 import bpy
 import pytest
 
+from irg_blender_addon.anim import actions
 from irg_blender_addon.jobs import batch, base as jobs
 from irg_blender_addon.jobs import generate as generate_jobs
 from irg_blender_addon import settings
@@ -264,3 +265,43 @@ def test_a_remote_server_killed_mid_stream_is_reported_and_nothing_is_written(sc
         if server.poll() is None:
             server.kill()
         server.wait(30)
+
+
+@pytest.mark.parametrize("parallel,most", [(0, 1), (3, 3)])
+def test_a_batch_on_a_server_keeps_its_bound_of_prompts_in_flight(scene, addon_prefs, backend_python, fixture_model,
+                                                                   tmp_path, no_backends_left, parallel, most):
+    """batch_parallel 0 on a server that does not batch (transformers engine): one prompt at a
+    time; 3: three requests in flight at once, each job seeing only its own events, and the
+    strips laid out in list order whatever order the items finish in."""
+    from serve_process import HttpServer, write_token_file
+
+    token = secrets.token_urlsafe(24)
+    server = HttpServer(backend_python, fixture_model, "--token-file", str(write_token_file(tmp_path, token)),
+                        "--time-slice", "0.05")
+    try:
+        addon_prefs.server_url, addon_prefs.server_token = server.url, token
+        addon_prefs.mode, addon_prefs.thumbnails = "direct", False
+        arm = rig.create_default_rig(bpy.context)
+        prompts = [("a person walks", 5), ("a person jumps", 9), ("a person waves", 2), ("a person bows", 4),
+                   ("a person sits", 7)]  # lengths differ, so later items can finish first
+        entries = [{"prompt": p, "length": tokens * 0.2} for p, tokens in prompts]
+        batch.fill_items(bpy.context.scene.irg_batch, batch.as_prompts(entries), replace=True)
+        job = batch.start_batch(bpy.context, "ALL", arm, batch_parallel=parallel)
+        in_flight, deadline = set(), time.monotonic() + 120
+        while job.pump():
+            in_flight.add(sum(1 for j in job.jobs.values() if j.request_id))
+            assert time.monotonic() < deadline, job.status
+            time.sleep(0.005)
+        assert job.state == "done", job.status
+        assert max(in_flight) == most
+        results = batch.results(bpy.context.scene.irg_batch)
+        assert [r.status for r in results] == ["done"] * 5, [r.error for r in results]
+        for result, (_prompt, tokens) in zip(results, prompts):  # each item got its own motion
+            info = actions.version_info(result.action)
+            assert info["prompt"] == result.prompt and 2 <= len(info["tokens"]) <= tokens
+        strips = sorted(arm.animation_data.nla_tracks["IRG Batch"].strips, key=lambda s: s.frame_start)
+        assert [s.action.name for s in strips] == [r.action.name for r in results]
+    finally:
+        addon_prefs.server_url, addon_prefs.server_token = "", ""
+        registry.shutdown_all()
+        server.end()
