@@ -748,7 +748,10 @@ def _ik_legs(plan: Plan, ev: follow.Evaluator, joints: np.ndarray, anchors: Mapp
     turned.joints = ev.joints
     heads = {}
     for ankle, foot in plan.pins:
-        heads[foot] = pinned[:, ankle] + turned.world(foot) @ (r.heads[foot] - plan.rest_joints[ankle])
+        turn, column = turned.world(foot), SKELETON.foot_joints.index(ankle)  # L/R ankle, then its toe
+        reach = turn @ (plan.rest_joints[SKELETON.children(ankle)[0]] - plan.rest_joints[ankle])
+        at = _pivot_on_toe(pinned[:, ankle], reach, flags[:, column], flags[:, column + 1])
+        heads[foot] = at + turn @ (r.heads[foot] - plan.rest_joints[ankle])
     for knee, pole in plan.poles:
         thigh = _joint_turn(plan, turned, SKELETON.parents[knee])
         heads[pole] = joints[:, knee] + thigh @ (r.heads[pole] - plan.rest_joints[knee])
@@ -758,6 +761,22 @@ def _ik_legs(plan: Plan, ev: follow.Evaluator, joints: np.ndarray, anchors: Mapp
         parent_head = _posed_head(plan, turned, parent, anchors) if parent >= 0 else None
         out[r.bones[bone]] = _location(r, turned, bone, head, parent_head)
     return turned, out, flags
+
+
+def _pivot_on_toe(ankle: np.ndarray, reach: np.ndarray, ankle_pinned: np.ndarray, toe_pinned: np.ndarray
+                  ) -> np.ndarray:
+    """Ankle targets (T, 3) that keep the rig's toe (ankle + reach, reach in the rig's own foot
+    length) still through each toe contact: where the toe is pinned and the ankle is not (the
+    heel lifting, or a run on the toes), the foot pivots on the toe's place in that contact."""
+    out = ankle.copy()
+    for start, stop in footlock.contact_runs(toe_pinned):
+        frames = np.arange(start, stop)
+        free = frames[~ankle_pinned[frames]]
+        if len(free):
+            both = frames[ankle_pinned[frames]]
+            held = both if len(both) else frames
+            out[free] = (ankle[held] + reach[held]).mean(axis=0) - reach[free]
+    return out
 
 
 def _control_head(plan: Plan, ev: follow.Evaluator, pelvis: np.ndarray) -> np.ndarray:

@@ -463,3 +463,19 @@ def test_api_apply_motion_takes_the_retarget_options(fresh_scene, humanml3d_dir)
     with pytest.raises(ValueError, match="unknown root mode 'orbit'"):
         api.apply_motion(obj.name, joints, 20.0, root_mode="orbit")
     assert actions.versions(obj) == [action]
+
+
+def test_a_foot_pivots_on_its_planted_toe_when_the_heel_lifts():
+    """Frames 0-5 heel and toe planted, 6-9 toe only (the heel rises, the foot turns): the rig's
+    toe (ankle + reach, in the rig's own foot length) stays where it was while both were planted."""
+    frames = 10
+    angle = np.r_[np.zeros(6), np.linspace(0.2, 0.8, 4)]  # the foot's pitch, radians
+    reach = 0.2 * np.stack([np.zeros(frames), np.cos(angle), -np.sin(angle)], axis=1)
+    ankle = np.tile([0.0, 0.0, 0.08], (frames, 1)) + np.linspace(0, 0.05, frames)[:, None]  # drifts
+    ankle_pinned, toe_pinned = np.arange(frames) < 6, np.ones(frames, dtype=bool)
+    out = retarget._pivot_on_toe(ankle, reach, ankle_pinned, toe_pinned)
+    np.testing.assert_array_equal(out[:6], ankle[:6])  # heel planted: the ankle target is kept
+    toe = out + reach
+    np.testing.assert_allclose(toe[6:], np.tile((ankle[:6] + reach[:6]).mean(axis=0), (4, 1)), atol=1e-12)
+    untouched = retarget._pivot_on_toe(ankle, reach, ankle_pinned, np.zeros(frames, dtype=bool))
+    np.testing.assert_array_equal(untouched, ankle)  # no toe contact: nothing moves

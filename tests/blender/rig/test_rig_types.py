@@ -148,17 +148,18 @@ def test_rigify_ik_legs_keep_planted_feet(fresh_scene, rigify_blend, source_clip
     for bone in ("foot_ik.L", "foot_ik.R", "thigh_ik_target.L", "thigh_ik_target.R"):
         assert f'pose.bones["{bone}"].location' in curves
     flags = pose.joints_to_channels(obj, joints, src_fps=fps, ik_legs=True, contacts=contacts).contacts
-    heads = RB.world_heads(obj, ["DEF-foot.L", "DEF-foot.R"], range(1, len(joints) + 1))
+    # the contact columns: left ankle, left toe, right ankle, right toe (each foot planted heel and toe)
+    heads = RB.world_heads(obj, ["DEF-foot.L", "DEF-toe.L", "DEF-foot.R", "DEF-toe.R"], range(1, len(joints) + 1))
     drift = []
-    for side, column in ((0, 0), (1, 2)):  # the ankle contact channels
+    for column in range(4):
         for start, stop in contact_runs(flags[:, column]):
-            run = heads[start:stop, side, :2]
+            run = heads[start:stop, column, :2]
             drift.append(np.linalg.norm(run - run.mean(axis=0), axis=-1).max())
-    assert len(drift) >= 4 and max(drift) < 0.01, drift  # metres: the rig is in metres
+    assert len(drift) >= 8 and max(drift) < 0.01, drift  # metres: the rig is in metres
     errors, _ = RB.limb_errors(obj, rigify_deform_chains("DEF-"), joints, range(1, len(joints) + 1, STEP))
     assert max(mean for limb, (mean, _) in errors.items() if "leg" not in limb) < 0.1
     assert max(mean for limb, (mean, _) in errors.items() if "leg" in limb) < 8.0  # the feet are pinned
-    print(f"\nRigify IK legs: planted ankles drift at most {max(drift) * 100:.2f} cm; {errors}")
+    print(f"\nRigify IK legs: planted ankles and toes drift at most {max(drift) * 100:.2f} cm; {errors}")
 
 
 def test_rigify_metarig(fresh_scene, rigify_blend, source_clips):
