@@ -304,24 +304,41 @@ def _set_properties(armature: bpy.types.Object, properties) -> dict[str, dict]:
     return before
 
 
-def keys_digest(action: bpy.types.Action) -> str:
-    """A fingerprint of every key of the Action (F-Curve paths, key frames and values): it changes
-    when the animator moves, adds or deletes keys."""
+DIGEST_PREFIX = "v2:"  # digests of keys, handles, interpolation and modifiers; older ones hold keys only
+
+
+def keys_digest(action: bpy.types.Action, *, shape: bool = True) -> str:
+    """A fingerprint of the Action's animation: F-Curve paths, key frames and values and, with
+    `shape` (the default), each key's handles, interpolation and easing and each curve's
+    modifiers. It changes when the animator moves, adds or deletes keys or reshapes the
+    curves between them. shape=False: the older keys-only fingerprint (versions written
+    before shapes counted)."""
     digest = hashlib.sha1()
+    fields = ("co", "handle_left", "handle_right") if shape else ("co",)
     for fcurve in sorted(compat.action_fcurves(action), key=lambda f: (f.data_path, f.array_index)):
         points = fcurve.keyframe_points
-        values = np.empty(2 * len(points), dtype=np.float32)
-        points.foreach_get("co", values)
         digest.update(f"{fcurve.data_path}[{fcurve.array_index}]:{len(points)};".encode())
-        digest.update(values.tobytes())
-    return digest.hexdigest()
+        for name in fields:
+            values = np.empty(2 * len(points), dtype=np.float32)
+            points.foreach_get(name, values)
+            digest.update(values.tobytes())
+        if shape:
+            for name in ("interpolation", "easing"):
+                codes = np.empty(len(points), dtype=np.int32)
+                points.foreach_get(name, codes)
+                digest.update(codes.tobytes())
+            digest.update(";".join(f"{m.type}:{m.mute}" for m in fcurve.modifiers).encode())
+    return (DIGEST_PREFIX if shape else "") + digest.hexdigest()
 
 
 def is_edited(action: bpy.types.Action) -> bool:
-    """True when a version's keys are no longer the ones it was written with (edited by hand).
-    False for Actions that are not versions, or versions from before keys were fingerprinted."""
+    """True when a version's animation is no longer what it was written with (edited by hand:
+    keys, handles, interpolation or curve modifiers). False for Actions that are not versions,
+    or versions from before keys were fingerprinted."""
     stored = version_info(action).get("keys_digest")
-    return bool(stored) and stored != keys_digest(action)
+    if not stored:
+        return False
+    return stored != keys_digest(action, shape=str(stored).startswith(DIGEST_PREFIX))
 
 
 def source_motion(action: bpy.types.Action) -> tuple[np.ndarray, np.ndarray | None]:

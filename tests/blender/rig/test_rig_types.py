@@ -285,3 +285,26 @@ def test_hand_edited_keys_are_noticed(default_rig, source_clips):
     curve.keyframe_points[10].co.y += 0.2  # the animator bends the elbow on one frame
     curve.update()
     assert actions.is_edited(action)
+
+
+@pytest.mark.parametrize("edit", ["handle", "interpolation", "modifier"])
+def test_reshaped_curves_without_moved_keys_are_noticed(default_rig, source_clips, edit):
+    """Keys left where they were, the curves between them reshaped: still an edit of the motion."""
+    joints, fps = source_clips["012314"]
+    action = actions.write_version(default_rig, joints[:40], fps=fps, prompt="walk", tokens=[1, 2])
+    curve = next(fc for fc in compat.action_fcurves(action) if fc.data_path.endswith('["left_elbow"].rotation_quaternion'))
+    key = curve.keyframe_points[10]
+    if edit == "handle":
+        key.handle_right_type, key.handle_right.y = "FREE", key.handle_right.y + 0.3
+    elif edit == "interpolation":
+        key.interpolation = "CONSTANT" if key.interpolation != "CONSTANT" else "LINEAR"
+    else:
+        curve.modifiers.new("NOISE")
+    assert actions.is_edited(action)
+
+
+def test_a_version_fingerprinted_by_keys_only_is_still_read_as_unedited(default_rig, source_clips):
+    joints, fps = source_clips["012314"]
+    action = actions.write_version(default_rig, joints[:40], fps=fps, prompt="walk", tokens=[1, 2])
+    action["irg"]["keys_digest"] = actions.keys_digest(action, shape=False)  # as versions from before were
+    assert not actions.is_edited(action)
