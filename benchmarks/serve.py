@@ -1,6 +1,6 @@
 """Serving benchmark: the HTTP server with each engine on the same model, 1, 8 and 32 concurrent clients.
 
-    .venv-backend/bin/python benchmarks/serve.py [--model DIR] [--clients 1,8,32] [--requests 2]
+    .venv-backend/bin/python benchmarks/serve.py [--model DIR] [--clients 1,8,32] [--requests 6]
         [--max-seconds 90] [--engines transformers,vllm]
 
 Loopback only (each server binds 127.0.0.1:0, no token). Every client sends its requests one after
@@ -96,7 +96,7 @@ def one_request(url: str, body: dict[str, Any], stop: threading.Event) -> dict[s
     with requests.post(f"{url}/v1/generate", json=body, stream=True, timeout=(5, 300)) as response:
         if response.status_code != 200:
             return None
-        for line in response.iter_lines():
+        for line in response.iter_lines(chunk_size=None):  # as the add-on reads: each chunk as it comes
             if stop.is_set():
                 return None
             if not line:
@@ -158,7 +158,7 @@ def main() -> int:
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--engines", default="transformers,vllm")
     parser.add_argument("--clients", default="1,8,32")
-    parser.add_argument("--requests", type=int, default=2, help="requests per client per level (default 2)")
+    parser.add_argument("--requests", type=int, default=6, help="requests per client per level (default 6)")
     parser.add_argument("--max-seconds", type=float, default=90.0, help="time bound of one level (default 90)")
     parser.add_argument("--motion-tokens", type=int, default=49)
     parser.add_argument("--precision", default="fp32")
