@@ -2,7 +2,8 @@
 
 1. Build the `irg-motion` wheel (`pip wheel --no-deps`, from a copy of the sources so the
    checkout gets no build/ or egg-info folders).
-2. Stage the files blender_manifest.toml lists, the wheel as `backend/<wheel>` and the
+2. Stage the files the packaging rule ships (tools/build_paths.py, the same list the source
+   blender_manifest.toml keeps), the wheel as `backend/<wheel>` and the
    demo model folder at its place in the package (`presets/models/irg-tiny/`).
 3. Write the staged blender_manifest.toml: the source one with those files added to
    `[build] paths` (Blender packs exactly the listed files).
@@ -33,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from irg_blender_addon.backend.setup import BUNDLED_WHEELS  # noqa: E402 (plain Python, no bpy)
 from model_backend.wire.manifest import ModelFolderError, default_model_dir, read_manifest, shipped_model  # noqa: E402
-from tools.build_paths import MANIFEST, MODELS, manifest_text  # noqa: E402
+from tools.build_paths import MANIFEST, MODELS, manifest_text, shipped_paths  # noqa: E402
 
 WHEEL_SOURCES = ("pyproject.toml", "README.md", "model_backend")
 
@@ -75,7 +76,7 @@ def stage(stage_dir: Path, wheel: Path, model_dir: Path) -> list[str]:
     """Copy what the zip holds into stage_dir with a manifest listing it; return the paths added to the
     source manifest's list (the wheel, then the model's files)."""
     text = MANIFEST.read_text(encoding="utf-8")
-    listed = tomllib.loads(text)["build"]["paths"]
+    listed = shipped_paths()  # from the folders, so a stale list in the source manifest cannot drop a file
     rel_model = model_dir.relative_to(ROOT).as_posix()
     wheel_path = f"{BUNDLED_WHEELS}/{wheel.name}"
     models = [f"{rel_model}/{p}" for p in model_files(model_dir)]
