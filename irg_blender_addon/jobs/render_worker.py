@@ -22,11 +22,12 @@ Action's F-Curves already evaluated by the add-on at those frames, so no keys ha
 to be written out and the pose (constraints, drivers on the rig) evaluates here.
 
 Each item gives one PNG strip: a Workbench render of the armature at each of its
-`frames`, side by side, from one orthographic camera that frames the character's
-whole path over the action. An armature with no mesh bound to it is drawn as a
-skinned stick figure made from its deform bones. `sheet` (optional) composes one
-PNG: a row per entry with its title and status (drawn with Blender's own font as
-text objects, rendered flat) and its strip; a failed row shows FAILED in red.
+`frames`, side by side, from an orthographic camera at the character's size: fixed
+when the whole path fits within FOLLOW_AFTER figures, else following the character.
+An armature with no mesh bound to it is drawn as a skinned stick figure made from its
+deform bones. `sheet` (optional) composes one PNG: a row per entry with its title and
+status (drawn with Blender's own font as text objects, rendered flat) and its strip;
+a failed row shows FAILED in red.
 
 Progress goes to stdout as JSON lines: {"done": key, "out": path}, {"error": key,
 "message": ...}, {"sheet": path}, and {"finished": true} at the end. Outputs are
@@ -48,6 +49,7 @@ from mathutils import Matrix, Vector
 BACKGROUND = (0.23, 0.24, 0.26)          # linear RGB of the render background
 BODY_COLOR = (0.85, 0.62, 0.38, 1.0)
 VIEW_DIRECTION = Vector((0.55, -1.0, 0.42)).normalized()  # from the target towards the camera: front right, above
+FOLLOW_AFTER = 1.6   # a path wider than this many figures: the camera follows the character
 SHEET_TEXT_WIDTH = 420
 SHEET_SCALE = 2                          # sheet strips are the thumbnails at 1/SHEET_SCALE
 
@@ -192,36 +194,65 @@ def _stick_figure(armature: bpy.types.Object) -> bpy.types.Object:
     return obj
 
 
-def _path_points(armature: bpy.types.Object, meshes: list, channels: Channels, columns: range) -> np.ndarray:
-    """World positions of every bone's head and tail, and the deformed meshes' bounds, over the path."""
-    points = []
-    for column in columns:
-        channels.apply(column)
-        world = armature.matrix_world
-        for pb in armature.pose.bones:
-            points += [tuple(world @ pb.head), tuple(world @ pb.tail)]
-        depsgraph = bpy.context.evaluated_depsgraph_get()
-        for mesh in meshes:
-            evaluated = mesh.evaluated_get(depsgraph)
-            points += [tuple(evaluated.matrix_world @ Vector(corner)) for corner in evaluated.bound_box]
+def _pose_points(armature: bpy.types.Object, meshes: list, channels: Channels, column: int) -> np.ndarray:
+    """World positions of every bone's head and tail, and the deformed meshes' bounds, at one column."""
+    channels.apply(column)
+    world = armature.matrix_world
+    points = [tuple(world @ pb.head) for pb in armature.pose.bones]
+    points += [tuple(world @ pb.tail) for pb in armature.pose.bones]
+    depsgraph = bpy.context.evaluated_depsgraph_get()
+    for mesh in meshes:
+        evaluated = mesh.evaluated_get(depsgraph)
+        points += [tuple(evaluated.matrix_world @ Vector(corner)) for corner in evaluated.bound_box]
     return np.asarray(points)
+
+
+def _view_box(points: np.ndarray) -> np.ndarray:
+    """(left, right, bottom, top) of the points as the camera sees them along VIEW_DIRECTION."""
+    matrix = VIEW_DIRECTION.to_track_quat("Z", "Y").to_matrix()
+    xs, ys = points @ np.array(matrix.col[0]), points @ np.array(matrix.col[1])
+    return np.array([xs.min(), xs.max(), ys.min(), ys.max()])
+
+
+def _box_width(box: np.ndarray, aspect: float) -> float:
+    """The orthographic width that holds the box in a frame of this aspect (at least 0.5 m)."""
+    return max(box[1] - box[0], (box[3] - box[2]) * aspect, 0.5)
+
+
+def _place_camera(camera: bpy.types.Object, box: np.ndarray, width: float, points: np.ndarray) -> None:
+    """Look along VIEW_DIRECTION at the box's centre, `width` wide with a margin, in front of every point."""
+    rotation = VIEW_DIRECTION.to_track_quat("Z", "Y")   # the camera looks down its -Z: back along the direction
+    matrix = rotation.to_matrix()
+    right, up, back = (np.array(matrix.col[i]) for i in range(3))
+    depth = points @ back
+    camera.data.ortho_scale = 1.15 * width
+    camera.rotation_mode = "QUATERNION"
+    camera.rotation_quaternion = rotation
+    camera.location = (right * (box[0] + box[1]) / 2 + up * (box[2] + box[3]) / 2
+                       + back * (depth.max() + 10.0)).tolist()
+    camera.data.clip_end = float(depth.max() - depth.min() + 1000.0)
 
 
 def _frame_camera(camera: bpy.types.Object, points: np.ndarray, aspect: float) -> None:
     """Point the orthographic camera along VIEW_DIRECTION at the points and fit them with a margin."""
-    center = Vector(((points.min(0) + points.max(0)) / 2.0).tolist())
-    rotation = VIEW_DIRECTION.to_track_quat("Z", "Y")   # the camera looks down its -Z: back along the direction
-    matrix = rotation.to_matrix()
-    right, up = np.array(matrix.col[0]), np.array(matrix.col[1])
-    rel = points - np.array(center)
-    xs, ys = rel @ right, rel @ up
-    width = max(xs.max() - xs.min(), (ys.max() - ys.min()) * aspect, 0.5)
-    shift = Vector((right * (xs.max() + xs.min()) / 2 + up * (ys.max() + ys.min()) / 2).tolist())
-    camera.data.ortho_scale = 1.15 * width
-    camera.rotation_mode = "QUATERNION"
-    camera.rotation_quaternion = rotation
-    camera.location = center + shift + VIEW_DIRECTION * (np.ptp(points, axis=0).max() + 10.0)
-    camera.data.clip_end = 1000.0
+    box = _view_box(points)
+    _place_camera(camera, box, _box_width(box, aspect), points)
+
+
+def tile_views(path: list[np.ndarray], tiles: list[np.ndarray], aspect: float) -> tuple[float, list[np.ndarray]]:
+    """The strip's camera: one width, and the box each tile looks at.
+
+    A motion that stays within FOLLOW_AFTER times the character's own size keeps one camera, so
+    a step or a jump shows as movement across the tiles; a longer path is followed (each tile
+    on its pose, at the character's size), so a long walk is not drawn as a small figure.
+    """
+    figure = max(_box_width(_view_box(p), aspect) for p in path + tiles)
+    whole = _view_box(np.concatenate(path + tiles))
+    if _box_width(whole, aspect) <= FOLLOW_AFTER * figure:
+        return _box_width(whole, aspect), [whole] * len(tiles)
+    # Followed tiles stand on their lowest point, so the feet stay on one line across the strip.
+    boxes = [_view_box(p) for p in tiles]
+    return figure, [np.array([b[0], b[1], b[2], b[2] + figure / aspect]) for b in boxes]
 
 
 def _render(path: str) -> np.ndarray:
@@ -251,11 +282,14 @@ def render_strip(scene: bpy.types.Scene, item: dict, scratch: str) -> None:
         channels = Channels(armature, item["channels"], np.load(item["values"]))
         count = len(item["frames"])
         aspect = scene.render.resolution_x / scene.render.resolution_y
-        points = _path_points(armature, shown, channels, range(count, count + len(item["path_frames"])))
-        _frame_camera(scene.camera, points, aspect)
+        path = [_pose_points(armature, shown, channels, c) for c in range(count, count + len(item["path_frames"]))]
+        poses = [_pose_points(armature, shown, channels, c) for c in range(count)]
+        width, boxes = tile_views(path, poses, aspect)
+        everything = np.concatenate(path + poses)
         tiles = []
         for column in range(count):
             channels.apply(column)
+            _place_camera(scene.camera, boxes[column], width, everything)
             tile = _render(os.path.join(scratch, "frame.png"))
             tile[:, -1, :3] *= 0.6   # a thin line between two frames
             tiles.append(tile)
