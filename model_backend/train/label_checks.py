@@ -42,7 +42,8 @@ TURN = 60.0                   # degrees of heading change for a turn (the datase
 OFF_FLOOR = 0.05              # m: a foot this far above the clip's floor is off it
 FLIGHT = 0.15                 # running: both feet off the floor in at least this fraction of frames
 # (no real walk has any flight, runs have about 30 %; 5 % failed brisk walks retargeted onto a
-# rig, whose rigid legs let a foot hover where the decoded legs were shorter)
+# rig before the retarget's ground correction, when rigid legs let a foot hover where the decoded
+# legs were longer)
 
 
 @dataclass(frozen=True)

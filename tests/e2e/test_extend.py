@@ -48,19 +48,20 @@ def _seam_figures(armature, action, seam_frame: float, overlap_frames: float) ->
             "motion_p95": float(np.percentile(steps, 95))}
 
 
-def test_extend_a_version_continues_it_seamlessly(scene, backend_python, fixture_model, humanml3d_dir):
-    fast = dict(FAST, backend_python=str(backend_python), model_dir=str(fixture_model))
+def test_extend_a_version_continues_it_seamlessly(scene, backend_python, demo_model, humanml3d_dir):
+    """On the demo model, whose continuation is a motion (an untrained fixture's is noise)."""
+    fast = dict(FAST, backend_python=str(backend_python), model_dir=str(demo_model))
     scene.render.fps = 24
     clip = np.load(humanml3d_dir / "012314_joints.npy")                      # 170 frames at 20 fps
     source = api.apply_motion(None, clip, prompt="a person walks forward")
     armature = rig.find_target_armature(bpy.context)
-    made = api.extend(source, "then he sits down", seconds=3, **fast)
+    made = api.extend(source, "then the person keeps walking", seconds=3, **fast)
     job = jobs.manager.job
     assert len(made) == 1
     new = made[0]
     info = actions.version_info(new)
     extra = info["extra"]
-    assert info["parent"] == source.name and info["source"] == "extend" and info["prompt"] == "then he sits down"
+    assert info["parent"] == source.name and info["source"] == "extend" and info["prompt"] == "then the person keeps walking"
     assert extra["prefix_tokens"] == 10 and extra["seam_index"] == 169 and extra["extended_from"] == source.name
     assert extra["extend_frame"] == pytest.approx(scene.frame_start + 169 * 24 / 20)
     # the forced tokens are the backend's own encoding of the source's last 2 s (41 frames at 20 fps)
@@ -78,7 +79,7 @@ def test_extend_a_version_continues_it_seamlessly(scene, backend_python, fixture
     assert figures["seam_p95"] <= figures["motion_p95"]
     # greedy extension is deterministic; with thumbnails on (the default) the new version waits for its strip
     assert new.name not in thumbnails.queue.pending                  # thumbnails=False: none asked for
-    again = api.extend(source, "then he sits down", seconds=3, **dict(fast, thumbnails=True))
+    again = api.extend(source, "then the person keeps walking", seconds=3, **dict(fast, thumbnails=True))
     assert actions.version_info(again[0])["tokens"] == info["tokens"]
     assert again[0].name in thumbnails.queue.pending
     thumbnails.queue.cancel()

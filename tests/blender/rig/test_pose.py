@@ -65,10 +65,12 @@ def test_real_clip_bone_directions_and_root(default_rig, clip_blender, direction
     for k in range(0, len(clip_blender), 8):
         heads = apply_frame(default_rig, ch, k)
         np.testing.assert_allclose(heads[0, :2], clip_blender[k, 0, :2] * ch.scale, atol=1e-4)
-        drops.append(heads[0, 2] - clip_blender[k, 0, 2] * ch.scale)  # one floor offset for the clip
+        drops.append(heads[0, 2] - clip_blender[k, 0, 2] * ch.scale)  # the floor offset, ground-corrected
         errors.append(direction_errors(heads, clip_blender[k]))
     errors = np.array(errors)
-    assert np.ptp(drops) < 1e-4 and abs(drops[0]) < 0.05
+    # One floor offset, plus the ground correction (retarget.ground_correction): the default rig's leg
+    # proportions differ from the clip's, which moves its lowest foot by under 1 cm on this real walk.
+    assert np.ptp(drops) < 0.012 and abs(drops[0]) < 0.05
     assert errors.mean() < 2.0 and errors.max() < 10.0
     aimed = [rig.SKELETON.index(n) - 1 for n in ("left_knee", "left_elbow", "neck", "right_ankle")]
     assert errors[:, aimed].max() < 0.05  # bones aimed at their child: exact directions
