@@ -193,6 +193,7 @@ class RemoteBackendClient(Backend):
         with self._lock:
             self._generation += 1
             streams, self._open = list(self._open.values()), {}
+            self._events = queue.Queue()  # what the closed streams had queued is stale
         for response in streams:
             _close(response)
         if self._session is not None:
@@ -256,8 +257,7 @@ class RemoteBackendClient(Backend):
                     continue  # keep-alive
                 event = protocol.loads(line)
                 ended = event.get("id") == rid and event.get("event") in ("done", "error")
-                if generation == self._generation:
-                    self._events.put(event)
+                self._queue(event, generation)
                 if ended:
                     break
             if not ended:
@@ -298,8 +298,15 @@ class RemoteBackendClient(Backend):
         except (requests.RequestException, BackendError, AttributeError) as exc:
             self._note(f"{kind} failed: {exc}")
             return
-        if generation == self._generation:
+        self._queue(event, generation)
+
+    def _queue(self, event: dict[str, Any], generation: int) -> bool:
+        """Queue an event of a session still current (checked under the lock stop() takes); True if queued."""
+        with self._lock:
+            if generation != self._generation:
+                return False
             self._events.put(event)
+            return True
 
     # -- problems
 
@@ -344,9 +351,8 @@ class RemoteBackendClient(Backend):
         return message
 
     def _put_error(self, rid: Any, code: str, message: str, generation: int) -> None:
-        if generation == self._generation:
+        if self._queue(protocol.error_event(code, message, rid), generation):
             self._note(message)
-            self._events.put(protocol.error_event(code, message, rid))
 
     def _lost(self, rid: Any, why: str, generation: int) -> None:
         if generation != self._generation:
