@@ -34,6 +34,7 @@ from irg_blender_addon.jobs import render_worker, thumbnails  # noqa: E402
 from irg_blender_addon.jobs.run import pump_until_done  # noqa: E402
 from irg_blender_addon.rig import armature as rig  # noqa: E402
 from model_backend.motion.features import features_to_joints  # noqa: E402
+from model_backend.wire.manifest import resolve_model_dir  # noqa: E402
 
 SHARED = Path(os.environ.get("IRG_SHARED_DIR", ROOT.parent / "shared")) / "data" / "humanml3d"
 GHOST_COLOR = (0.45, 0.7, 1.0, 1.0)
@@ -109,8 +110,6 @@ def main() -> None:
                  "failed": True}]
         _render([walk, second], sheet={"out": str(args.out / "contact-sheet.png"), "title": "guide.blend: 3 prompts",
                                        "rows": rows})
-        from model_backend.wire.manifest import resolve_model_dir
-
         model = resolve_model_dir(args.model)
         if model is None:
             model = str(temp / "fixture")

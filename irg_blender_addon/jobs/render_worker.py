@@ -49,6 +49,7 @@ from mathutils import Matrix, Vector
 BACKGROUND = (0.23, 0.24, 0.26)          # linear RGB of the render background
 BODY_COLOR = (0.85, 0.62, 0.38, 1.0)
 VIEW_DIRECTION = Vector((0.55, -1.0, 0.42)).normalized()  # from the target towards the camera: front right, above
+VIEW_ROTATION = VIEW_DIRECTION.to_track_quat("Z", "Y")   # the camera looks down its -Z: back along the direction
 FOLLOW_AFTER = 1.6   # a path wider than this many figures: the camera follows the character
 SHEET_TEXT_WIDTH = 420
 SHEET_SCALE = 2                          # sheet strips are the thumbnails at 1/SHEET_SCALE
@@ -209,7 +210,7 @@ def _pose_points(armature: bpy.types.Object, meshes: list, channels: Channels, c
 
 def _view_box(points: np.ndarray) -> np.ndarray:
     """(left, right, bottom, top) of the points as the camera sees them along VIEW_DIRECTION."""
-    matrix = VIEW_DIRECTION.to_track_quat("Z", "Y").to_matrix()
+    matrix = VIEW_ROTATION.to_matrix()
     xs, ys = points @ np.array(matrix.col[0]), points @ np.array(matrix.col[1])
     return np.array([xs.min(), xs.max(), ys.min(), ys.max()])
 
@@ -221,13 +222,12 @@ def _box_width(box: np.ndarray, aspect: float) -> float:
 
 def _place_camera(camera: bpy.types.Object, box: np.ndarray, width: float, points: np.ndarray) -> None:
     """Look along VIEW_DIRECTION at the box's centre, `width` wide with a margin, in front of every point."""
-    rotation = VIEW_DIRECTION.to_track_quat("Z", "Y")   # the camera looks down its -Z: back along the direction
-    matrix = rotation.to_matrix()
+    matrix = VIEW_ROTATION.to_matrix()
     right, up, back = (np.array(matrix.col[i]) for i in range(3))
     depth = points @ back
     camera.data.ortho_scale = 1.15 * width
     camera.rotation_mode = "QUATERNION"
-    camera.rotation_quaternion = rotation
+    camera.rotation_quaternion = VIEW_ROTATION
     camera.location = (right * (box[0] + box[1]) / 2 + up * (box[2] + box[3]) / 2
                        + back * (depth.max() + 10.0)).tolist()
     camera.data.clip_end = float(depth.max() - depth.min() + 1000.0)

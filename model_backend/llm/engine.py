@@ -78,7 +78,6 @@ MEMORY_MARGIN = 1.25       # the memory estimate of a sequence, times this, must
 GENERIC_INSTRUCTION = "Improve the alignment between the motion and the goal text."
 
 
-
 def _new_codes_floor(prefix: int, max_motion_tokens: int) -> int:
     """Codes a motion span must hold beyond its forced prefix before it may close.
 
@@ -87,6 +86,7 @@ def _new_codes_floor(prefix: int, max_motion_tokens: int) -> int:
     if not prefix:
         return MIN_MOTION_TOKENS
     return max(MIN_MOTION_TOKENS, (max_motion_tokens - prefix) // 2)
+
 
 class EngineError(Exception):
     """A request the engine cannot serve; `code` is a protocol error code, `message` says what to do."""
